@@ -1,0 +1,86 @@
+//! Task introspection: which tasks are alive on the notebook runtime and which cell run spawned
+//! them. Uses tokio's task hooks (`--cfg tokio_unstable`, which rustloop passes when it builds
+//! cells); without them the registry stays empty.
+
+use crate::json;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// One live task.
+#[derive(Debug, Clone)]
+pub struct TaskInfo {
+    /// tokio's task id.
+    pub id: String,
+    /// The cell run (as numbered by the evaluation process) the task descends from.
+    pub run: u64,
+    /// Where in the generated cell source `spawn` was called.
+    pub spawned_at: String,
+    /// Seconds since the task was spawned.
+    pub age_secs: f64,
+    started: Instant,
+}
+
+impl TaskInfo {
+    pub(crate) fn to_json(&self) -> String {
+        json::object([
+            ("id", json::string(&self.id)),
+            ("run", self.run.to_string()),
+            ("spawned_at", json::string(&self.spawned_at)),
+            ("age_secs", format!("{:.3}", self.age_secs)),
+        ])
+    }
+}
+
+static REGISTRY: Mutex<Option<HashMap<String, TaskInfo>>> = Mutex::new(None);
+
+#[cfg(tokio_unstable)]
+pub(crate) fn install_hooks(builder: &mut tokio::runtime::Builder) {
+    builder
+        .on_task_spawn(|meta| {
+            // A task spawned by another task inherits that task's cell; one spawned by the
+            // evaluation thread belongs to the cell running now.
+            let run = origin_of_current().unwrap_or_else(crate::current_run);
+            let location = meta.spawned_at();
+            let info = TaskInfo {
+                id: meta.id().to_string(),
+                run,
+                spawned_at: format!("{}:{}", location.file(), location.line()),
+                age_secs: 0.0,
+                started: Instant::now(),
+            };
+            REGISTRY
+                .lock()
+                .unwrap()
+                .get_or_insert_with(HashMap::new)
+                .insert(info.id.clone(), info);
+        })
+        .on_task_terminate(|meta| {
+            if let Some(map) = REGISTRY.lock().unwrap().as_mut() {
+                map.remove(&meta.id().to_string());
+            }
+        });
+}
+
+#[cfg(not(tokio_unstable))]
+pub(crate) fn install_hooks(_builder: &mut tokio::runtime::Builder) {}
+
+/// The cell run of the task currently being polled on this thread, if any.
+pub(crate) fn origin_of_current() -> Option<u64> {
+    let id = tokio::task::try_id()?.to_string();
+    REGISTRY.lock().unwrap().as_ref()?.get(&id).map(|t| t.run)
+}
+
+pub(crate) fn live() -> Vec<TaskInfo> {
+    let mut tasks: Vec<TaskInfo> = REGISTRY
+        .lock()
+        .unwrap()
+        .as_ref()
+        .map(|map| map.values().cloned().collect())
+        .unwrap_or_default();
+    for task in &mut tasks {
+        task.age_secs = task.started.elapsed().as_secs_f64();
+    }
+    tasks.sort_by_key(|t| t.started);
+    tasks
+}

@@ -1,0 +1,216 @@
+//! The link between the kernel and its evaluation process: a Unix socket in a private
+//! directory. The evaluation process opens two connections to it:
+//! - *data* (`D<pid>`): frames of output (stdout/stderr bytes, runtime JSON messages, cell end),
+//!   each cell end acknowledged by the kernel with one byte;
+//! - *control* (`C<pid>`), opened by the runtime crate: newline-delimited JSON commands from the
+//!   kernel (interrupt, input replies, task queries).
+//!
+//! Data frames are `[kind: u8][len: u32 LE][payload]`.
+
+use anyhow::{Context, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+/// Start of a runtime frame inside the evaluation process's stdout (see the runtime crate).
+pub const MARKER: &[u8] = b"\0RLP\0";
+pub const HELLO_DATA: &str = "D";
+pub const HELLO_CONTROL: &str = "C";
+
+/// Kinds of data frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Frame {
+    Stdout = 1,
+    Stderr = 2,
+    /// A JSON message from the runtime crate or the evaluation loop.
+    Runtime = 3,
+    /// The cell finished and everything it printed came before this frame.
+    CellEnd = 4,
+}
+
+impl Frame {
+    fn from_byte(b: u8) -> Option<Frame> {
+        Some(match b {
+            1 => Frame::Stdout,
+            2 => Frame::Stderr,
+            3 => Frame::Runtime,
+            4 => Frame::CellEnd,
+            _ => return None,
+        })
+    }
+}
+
+/// Writes one data frame (evaluation-process side, blocking).
+pub fn write_frame(out: &mut impl Write, kind: Frame, payload: &[u8]) -> std::io::Result<()> {
+    let mut frame = Vec::with_capacity(payload.len() + 5);
+    frame.push(kind as u8);
+    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    frame.extend_from_slice(payload);
+    out.write_all(&frame)
+}
+
+/// Something that arrived from the evaluation process.
+#[derive(Debug)]
+pub enum LinkEvent {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    Runtime(serde_json::Value),
+    /// The data connection of evaluation process `pid` closed.
+    Closed { pid: u32 },
+}
+
+/// The listening socket plus the current control connection.
+pub struct Link {
+    path: PathBuf,
+    _dir: TempDirGuard,
+    control: Arc<tokio::sync::Mutex<Option<tokio::net::unix::OwnedWriteHalf>>>,
+}
+
+struct TempDirGuard(PathBuf);
+
+impl Drop for TempDirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Called for every data frame, in order, on the link's task. The callback for `CellEnd`
+/// returns once the kernel has taken the cell's output; the acknowledgement is sent after it.
+pub type Sink = Arc<dyn Fn(LinkEvent) + Send + Sync>;
+
+impl Link {
+    /// Binds the socket in a fresh private directory and starts accepting connections.
+    pub fn start(sink: Sink, on_cell_end: Arc<dyn Fn() + Send + Sync>) -> Result<Link> {
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let dir = base.join(format!("rustloop-{}-{}", std::process::id(), uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        let path = dir.join("link.sock");
+        let listener = UnixListener::bind(&path)?;
+        let control = Arc::new(tokio::sync::Mutex::new(None));
+        tokio::spawn(accept_loop(listener, sink, on_cell_end, control.clone()));
+        Ok(Link {
+            path,
+            _dir: TempDirGuard(dir),
+            control,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Sends a command to the runtime crate in the evaluation process. Silently does nothing if
+    /// the runtime has not connected yet (no cell has run, so there is nothing to command).
+    pub async fn command(&self, message: serde_json::Value) {
+        let mut guard = self.control.lock().await;
+        if let Some(writer) = guard.as_mut() {
+            let mut line = message.to_string();
+            line.push('\n');
+            if writer.write_all(line.as_bytes()).await.is_err() {
+                *guard = None;
+            }
+        }
+    }
+
+    /// Whether the runtime crate of the current evaluation process is connected.
+    pub async fn has_control(&self) -> bool {
+        self.control.lock().await.is_some()
+    }
+}
+
+async fn accept_loop(
+    listener: UnixListener,
+    sink: Sink,
+    on_cell_end: Arc<dyn Fn() + Send + Sync>,
+    control: Arc<tokio::sync::Mutex<Option<tokio::net::unix::OwnedWriteHalf>>>,
+) {
+    // The newest evaluation process wins; a restarted evaluator connects afresh.
+    let newest_pid = Arc::new(Mutex::new(0u32));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let sink = sink.clone();
+        let on_cell_end = on_cell_end.clone();
+        let control = control.clone();
+        let newest_pid = newest_pid.clone();
+        tokio::spawn(async move {
+            let (read, write) = stream.into_split();
+            let mut read = BufReader::new(read);
+            let mut hello = String::new();
+            if read.read_line(&mut hello).await.is_err() {
+                return;
+            }
+            let pid: u32 = hello.get(1..).unwrap_or("").trim().parse().unwrap_or(0);
+            if hello.starts_with(HELLO_DATA) {
+                *newest_pid.lock().unwrap() = pid;
+                serve_data(read, write, pid, sink, on_cell_end).await;
+            } else if hello.starts_with(HELLO_CONTROL) {
+                if *newest_pid.lock().unwrap() == pid {
+                    *control.lock().await = Some(write);
+                }
+            }
+        });
+    }
+}
+
+async fn serve_data(
+    mut read: BufReader<tokio::net::unix::OwnedReadHalf>,
+    mut write: tokio::net::unix::OwnedWriteHalf,
+    pid: u32,
+    sink: Sink,
+    on_cell_end: Arc<dyn Fn() + Send + Sync>,
+) {
+    let mut header = [0u8; 5];
+    loop {
+        if read.read_exact(&mut header).await.is_err() {
+            break;
+        }
+        let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        let mut payload = vec![0u8; len];
+        if read.read_exact(&mut payload).await.is_err() {
+            break;
+        }
+        match Frame::from_byte(header[0]) {
+            Some(Frame::Stdout) => sink(LinkEvent::Stdout(payload)),
+            Some(Frame::Stderr) => sink(LinkEvent::Stderr(payload)),
+            Some(Frame::Runtime) => match serde_json::from_slice(&payload) {
+                Ok(value) => sink(LinkEvent::Runtime(value)),
+                Err(e) => tracing::warn!("bad runtime frame: {e}"),
+            },
+            Some(Frame::CellEnd) => {
+                on_cell_end();
+                if write.write_all(b"k").await.is_err() {
+                    break;
+                }
+            }
+            None => {
+                tracing::warn!("unknown frame kind {}; closing link", header[0]);
+                break;
+            }
+        }
+    }
+    sink(LinkEvent::Closed { pid });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_layout() {
+        let mut out = Vec::new();
+        write_frame(&mut out, Frame::Stderr, b"hi").unwrap();
+        assert_eq!(out, [2, 2, 0, 0, 0, b'h', b'i']);
+        assert_eq!(Frame::from_byte(4), Some(Frame::CellEnd));
+        assert_eq!(Frame::from_byte(9), None);
+    }
+}
