@@ -1,3 +1,145 @@
+//! rustloop: a Jupyter kernel for async Rust.
+//!
+//! One binary, three roles: the kernel Jupyter starts (`rustloop kernel`), the installer
+//! (`rustloop install`), and, when evcxr starts it, the evaluation process that runs compiled
+//! cells (see `engine::run_if_evaluation_process`). Layers: `wire` (Jupyter protocol over
+//! ZeroMQ), `kernel` (request handling), `engine` (evaluation with evcxr).
+
+mod engine;
+mod install;
+mod kernel;
+mod wire;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+#[derive(Parser)]
+#[command(name = "rustloop", version, about = "A Jupyter kernel for async Rust")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the kernel (this is what Jupyter starts).
+    Kernel {
+        /// The connection file Jupyter wrote.
+        #[arg(long, short = 'f')]
+        connection_file: PathBuf,
+    },
+    /// Install the kernelspec so Jupyter offers "Rust (rustloop)", and pre-build the cache.
+    Install(InstallArgs),
+}
+
+#[derive(Args)]
+struct InstallArgs {
+    /// Install for the current user (default).
+    #[arg(long, conflicts_with_all = ["sys_prefix", "prefix"])]
+    user: bool,
+    /// Install into the active Python environment (sys.prefix).
+    #[arg(long, conflicts_with = "prefix")]
+    sys_prefix: bool,
+    /// Install under PREFIX/share/jupyter/kernels.
+    #[arg(long, value_name = "PREFIX")]
+    prefix: Option<PathBuf>,
+    /// Skip compiling tokio and the runtime now (the first notebook then takes about a
+    /// minute longer to start).
+    #[arg(long)]
+    no_prebuild: bool,
+}
+
+static TOOLCHAIN_RELEASE: OnceLock<String> = OnceLock::new();
+
+/// The rustc release cells are compiled with (for `language_info.version`); empty until the
+/// evaluator has asked rustc.
+pub fn toolchain_version() -> &'static str {
+    TOOLCHAIN_RELEASE.get().map(String::as_str).unwrap_or("")
+}
+
+/// Records the rustc release once the evaluator knows it.
+pub fn set_toolchain_version(release: &str) {
+    let _ = TOOLCHAIN_RELEASE.set(release.to_owned());
+}
+
 fn main() {
-    println!("Hello, world!");
+    // When evcxr starts this binary as its evaluation process or rustc wrapper, that role
+    // takes over here and never returns.
+    engine::run_if_evaluation_process();
+    evcxr::runtime_hook();
+
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.command {
+        Command::Kernel { connection_file } => run_kernel(connection_file),
+        Command::Install(args) => run_install(args),
+    };
+    if let Err(e) = result {
+        eprintln!("rustloop: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUSTLOOP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("rustloop=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// Locks a cache slot and points evcxr at it. Runs before any other thread exists, so setting
+/// the environment is sound.
+fn prepare_engine() -> Result<engine::cache::Slot> {
+    let slot = engine::cache::acquire()?;
+    // SAFETY: single-threaded at this point (the tokio runtime is not started yet).
+    unsafe {
+        std::env::set_var("EVCXR_TMPDIR", &slot.dir);
+        // A user's global evcxr.toml must not move the build directory or change its flags.
+        std::env::set_var("EVCXR_CONFIG_DIR", slot.dir.join(".evcxr-config"));
+    }
+    Ok(slot)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("rustloop-kernel")
+        .build()
+        .context("starting the tokio runtime")
+}
+
+fn run_kernel(connection_file: PathBuf) -> Result<()> {
+    let connection = wire::ConnectionFile::read(&connection_file)?;
+    let slot = prepare_engine()?;
+    runtime()?.block_on(kernel::run(connection, slot))
+}
+
+fn run_install(args: InstallArgs) -> Result<()> {
+    let location = match (args.sys_prefix, args.prefix) {
+        (true, _) => install::Location::SysPrefix,
+        (false, Some(prefix)) => install::Location::Prefix(prefix),
+        (false, None) => install::Location::User,
+    };
+    let _ = args.user; // the default
+    let executable = std::env::current_exe().context("cannot locate this executable")?;
+    let dir = install::write_kernelspec(&location, &executable)?;
+    println!(
+        "Installed kernelspec {} in {}",
+        install::KERNEL_NAME,
+        dir.display()
+    );
+    if !args.no_prebuild {
+        println!("Pre-building tokio and the rustloop runtime (once per toolchain)...");
+        let slot = prepare_engine()?;
+        let started = std::time::Instant::now();
+        runtime()?.block_on(engine::prebuild(slot))?;
+        println!("Cache ready in {:.1} s.", started.elapsed().as_secs_f64());
+    }
+    Ok(())
 }

@@ -136,7 +136,10 @@ impl Rich for Png {
 impl Rich for Jpeg {
     fn bundle(&self) -> MimeBundle {
         MimeBundle::new()
-            .with("text/plain", format!("<JPEG image, {} bytes>", self.0.len()))
+            .with(
+                "text/plain",
+                format!("<JPEG image, {} bytes>", self.0.len()),
+            )
             .with("image/jpeg", base64(&self.0))
     }
 }
@@ -374,7 +377,10 @@ mod tests {
     #[test]
     fn html_bundle_has_plain_fallback() {
         let bundle = Html::new("<b>x</b>").bundle();
-        assert_eq!(bundle.mime_types().collect::<Vec<_>>(), ["text/plain", "text/html"]);
+        assert_eq!(
+            bundle.mime_types().collect::<Vec<_>>(),
+            ["text/plain", "text/html"]
+        );
         assert_eq!(
             bundle.data_json(),
             r#"{"text/plain":"<HTML>","text/html":"<b>x</b>"}"#

@@ -58,7 +58,10 @@ mod tests {
     #[test]
     fn escapes() {
         assert_eq!(string("a\"b\\c\nd\u{1}"), r#""a\"b\\c\nd\u0001""#);
-        assert_eq!(object([("t", string("x")), ("n", "1".into())]), r#"{"t":"x","n":1}"#);
+        assert_eq!(
+            object([("t", string("x")), ("n", "1".into())]),
+            r#"{"t":"x","n":1}"#
+        );
         assert_eq!(unhex("68c3a9").as_deref(), Some("hé"));
         assert_eq!(unhex("6"), None);
     }

@@ -43,7 +43,9 @@ fn runtime() -> &'static tokio::runtime::Runtime {
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder.enable_all().thread_name("rustloop-worker");
         tasks::install_hooks(&mut builder);
-        let rt = builder.build().expect("rustloop: cannot start the tokio runtime");
+        let rt = builder
+            .build()
+            .expect("rustloop: cannot start the tokio runtime");
         link::start();
         install_panic_hook();
         rt

@@ -10,7 +10,6 @@
 //! kernel has received everything the cell printed.
 
 use super::link::{Frame, HELLO_DATA, MARKER, write_frame};
-use std::ffi::CString;
 use std::io::{BufRead, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -28,6 +27,10 @@ const EVCXR: &[u8] = b"EVCXR_";
 
 /// Environment variable naming the kernel's link socket.
 pub const LINK_ENV: &str = "RUSTLOOP_LINK";
+/// Environment variable naming the runtime library cells link against.
+pub const RUNTIME_LIBRARY_ENV: &str = "RUSTLOOP_RUNTIME_LIBRARY";
+/// Exit status when the runtime library was rebuilt under a running evaluation process.
+pub const EXIT_RUNTIME_CHANGED: i32 = 75;
 
 /// Incremented by the pump each time it has forwarded a flush request (see `flush_and_wait`).
 static FLUSHED: AtomicU64 = AtomicU64::new(0);
@@ -81,6 +84,8 @@ fn main_loop(link: &std::path::Path) -> std::io::Result<()> {
     let mut libraries: Vec<libloading::Library> = Vec::new();
     let mut store: *mut std::ffi::c_void = std::ptr::null_mut();
     let mut run: u64 = 0;
+    let runtime_library = std::env::var_os(RUNTIME_LIBRARY_ENV).map(std::path::PathBuf::from);
+    let mut loaded_runtime: Option<(u64, u64)> = None;
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
         let line = line?;
@@ -88,17 +93,32 @@ fn main_loop(link: &std::path::Path) -> std::io::Result<()> {
         let (Some("LOAD_AND_RUN"), Some(path), Some(function)) =
             (parts.next(), parts.next(), parts.next())
         else {
-            return Err(std::io::Error::other(format!("unrecognised command {line:?}")));
+            return Err(std::io::Error::other(format!(
+                "unrecognised command {line:?}"
+            )));
         };
         run += 1;
+        // A `:dep` that changes tokio's (or another shared crate's) version or features makes
+        // cargo rebuild the runtime library as a new file. This process still has the old one
+        // mapped, and a cell built against the new one would run against stale code or fail to
+        // load: stop here and let evcxr start a fresh process.
+        if let Some(loaded) = loaded_runtime
+            && file_identity(runtime_library.as_deref()) != Some(loaded)
+        {
+            raw_frame("{\"t\":\"runtime_changed\"}");
+            flush_and_wait(&flush_frame("{\"t\":\"flush\",\"exit\":true}"));
+            std::process::exit(EXIT_RUNTIME_CHANGED);
+        }
         // SAFETY: evcxr just compiled this library for us to load; we never unload it (TLS
         // destructors may point into it).
-        let library = unsafe { libloading::Library::new(path) }.map_err(std::io::Error::other)?;
+        let library = unsafe { libloading::Library::new(path) }
+            .map_err(|e| std::io::Error::other(format!("loading {path}: {e:?}")))?;
         type CellFn = extern "C" fn(*mut std::ffi::c_void) -> *mut std::ffi::c_void;
         type HookFn = extern "C" fn(u64);
         unsafe {
-            let cell: libloading::Symbol<CellFn> =
-                library.get(function.as_bytes()).map_err(std::io::Error::other)?;
+            let cell: libloading::Symbol<CellFn> = library
+                .get(function.as_bytes())
+                .map_err(std::io::Error::other)?;
             let begin: Option<libloading::Symbol<HookFn>> =
                 library.get(b"rustloop_runtime_cell_begin").ok();
             let end: Option<libloading::Symbol<HookFn>> =
@@ -111,6 +131,10 @@ fn main_loop(link: &std::path::Path) -> std::io::Result<()> {
             if let Some(end) = &end {
                 end(run);
             }
+            if begin.is_some() && loaded_runtime.is_none() {
+                // The runtime library is mapped now; remember which file it was.
+                loaded_runtime = file_identity(runtime_library.as_deref());
+            }
         }
         libraries.push(library);
         // Printed through our own stdout pipe, so the pump sees it after all the cell's output.
@@ -120,6 +144,12 @@ fn main_loop(link: &std::path::Path) -> std::io::Result<()> {
         std::mem::forget(library);
     }
     Ok(())
+}
+
+fn file_identity(path: Option<&std::path::Path>) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path?).ok()?;
+    Some((meta.dev(), meta.ino()))
 }
 
 /// Writes a runtime-style frame straight to fd 1 with a single `write` (atomic for a pipe).
@@ -258,7 +288,10 @@ impl Pump {
 
     /// `\0RLP\0<len>\n<json>\n` -> a Runtime frame. Returns false if incomplete.
     fn take_runtime_frame(&mut self) -> std::io::Result<bool> {
-        let header_end = match self.pending[MARKER.len()..].iter().position(|&b| b == b'\n') {
+        let header_end = match self.pending[MARKER.len()..]
+            .iter()
+            .position(|&b| b == b'\n')
+        {
             Some(i) => MARKER.len() + i,
             None => return Ok(false),
         };
@@ -295,7 +328,10 @@ impl Pump {
                 return Ok(false);
             };
             let block: Vec<u8> = self.pending.drain(..end + END_CONTENT.len()).collect();
-            let header_end = block.iter().position(|&b| b == b'\n').unwrap_or(block.len());
+            let header_end = block
+                .iter()
+                .position(|&b| b == b'\n')
+                .unwrap_or(block.len());
             let mime = String::from_utf8_lossy(&block[BEGIN_CONTENT.len()..header_end]);
             let data = String::from_utf8_lossy(&block[(header_end + 1).min(end)..end]);
             let json = serde_json::json!({"t": "content", "mime": mime.trim(), "data": data});
@@ -337,7 +373,8 @@ impl Pump {
         } else {
             write_frame(&mut self.data, Frame::Stdout, &line)?;
         }
-        self.proto_out.flush()
+        self.proto_out.flush()?;
+        Ok(true)
     }
 
     fn wait_for_ack(&mut self) {
@@ -397,8 +434,7 @@ fn flush_and_wait(frame: &[u8]) {
     let target = FLUSH_REQUESTS.fetch_add(1, Ordering::SeqCst) + 1;
     raw_write(1, frame);
     let start = Instant::now();
-    while FLUSHED.load(Ordering::SeqCst) < target && start.elapsed() < Duration::from_millis(500)
-    {
+    while FLUSHED.load(Ordering::SeqCst) < target && start.elapsed() < Duration::from_millis(500) {
         let pause = libc::timespec {
             tv_sec: 0,
             tv_nsec: 2_000_000,
@@ -477,7 +513,6 @@ fn install_crash_handlers() {
     // A group SIGINT meant for the kernel must not kill the evaluator; interrupts arrive as
     // messages on the link.
     unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
-    let _ = CString::new("");
 }
 
 #[cfg(test)]

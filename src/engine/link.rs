@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixListener;
 
 /// Start of a runtime frame inside the evaluation process's stdout (see the runtime crate).
 pub const MARKER: &[u8] = b"\0RLP\0";
@@ -58,8 +58,8 @@ pub enum LinkEvent {
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
     Runtime(serde_json::Value),
-    /// The data connection of evaluation process `pid` closed.
-    Closed { pid: u32 },
+    /// The data connection of an evaluation process closed.
+    Closed,
 }
 
 /// The listening socket plus the current control connection.
@@ -88,7 +88,11 @@ impl Link {
             .map(PathBuf::from)
             .filter(|p| p.is_dir())
             .unwrap_or_else(std::env::temp_dir);
-        let dir = base.join(format!("rustloop-{}-{}", std::process::id(), uuid::Uuid::new_v4()));
+        let dir = base.join(format!(
+            "rustloop-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
@@ -107,22 +111,16 @@ impl Link {
         &self.path
     }
 
-    /// Sends a command to the runtime crate in the evaluation process. Silently does nothing if
-    /// the runtime has not connected yet (no cell has run, so there is nothing to command).
-    pub async fn command(&self, message: serde_json::Value) {
+    /// Sends a command line to the runtime crate in the evaluation process. Silently does
+    /// nothing if the runtime has not connected yet (no cell has run: nothing to command).
+    pub async fn command(&self, mut line: String) {
         let mut guard = self.control.lock().await;
         if let Some(writer) = guard.as_mut() {
-            let mut line = message.to_string();
             line.push('\n');
             if writer.write_all(line.as_bytes()).await.is_err() {
                 *guard = None;
             }
         }
-    }
-
-    /// Whether the runtime crate of the current evaluation process is connected.
-    pub async fn has_control(&self) -> bool {
-        self.control.lock().await.is_some()
     }
 }
 
@@ -152,7 +150,8 @@ async fn accept_loop(
             let pid: u32 = hello.get(1..).unwrap_or("").trim().parse().unwrap_or(0);
             if hello.starts_with(HELLO_DATA) {
                 *newest_pid.lock().unwrap() = pid;
-                serve_data(read, write, pid, sink, on_cell_end).await;
+                tracing::debug!(pid, "evaluation process connected");
+                serve_data(read, write, sink, on_cell_end).await;
             } else if hello.starts_with(HELLO_CONTROL) {
                 if *newest_pid.lock().unwrap() == pid {
                     *control.lock().await = Some(write);
@@ -165,7 +164,6 @@ async fn accept_loop(
 async fn serve_data(
     mut read: BufReader<tokio::net::unix::OwnedReadHalf>,
     mut write: tokio::net::unix::OwnedWriteHalf,
-    pid: u32,
     sink: Sink,
     on_cell_end: Arc<dyn Fn() + Send + Sync>,
 ) {
@@ -198,7 +196,7 @@ async fn serve_data(
             }
         }
     }
-    sink(LinkEvent::Closed { pid });
+    sink(LinkEvent::Closed);
 }
 
 #[cfg(test)]

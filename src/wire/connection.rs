@@ -55,8 +55,7 @@ impl ConnectionFile {
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read connection file {}", path.display()))?;
-        Self::parse(&text)
-            .with_context(|| format!("invalid connection file {}", path.display()))
+        Self::parse(&text).with_context(|| format!("invalid connection file {}", path.display()))
     }
 
     /// Parses and validates connection-file JSON.

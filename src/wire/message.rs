@@ -90,10 +90,6 @@ impl Signer {
 pub struct Header {
     pub msg_id: String,
     pub msg_type: String,
-    #[serde(default)]
-    pub session: String,
-    #[serde(default)]
-    pub username: String,
 }
 
 /// A verified request from a client.
@@ -103,9 +99,7 @@ pub struct Incoming {
     pub header: Header,
     /// The header frame exactly as received, reused as `parent_header` of every reply.
     pub raw_header: Bytes,
-    pub metadata: Value,
     pub content: Value,
-    pub buffers: Vec<Bytes>,
 }
 
 impl Incoming {
@@ -126,15 +120,13 @@ impl Incoming {
         }
         let parsed: Header = serde_json::from_slice(header)
             .map_err(|e| DecodeError::BadJson("header", e.to_string()))?;
-        let metadata = parse_object(metadata, "metadata")?;
+        parse_object(metadata, "metadata")?;
         let content = parse_object(content, "content")?;
         Ok(Incoming {
             identities: frames[..delim].to_vec(),
             header: parsed,
             raw_header: header.clone(),
-            metadata,
             content,
-            buffers: rest[5..].to_vec(),
         })
     }
 
@@ -197,7 +189,10 @@ impl Outgoing {
             "version": PROTOCOL_VERSION,
         });
         let header = Bytes::from(serde_json::to_vec(&header).expect("JSON"));
-        let parent = self.parent.clone().unwrap_or_else(|| Bytes::from_static(b"{}"));
+        let parent = self
+            .parent
+            .clone()
+            .unwrap_or_else(|| Bytes::from_static(b"{}"));
         let metadata = Bytes::from(serde_json::to_vec(&self.metadata).expect("JSON"));
         let content = Bytes::from(serde_json::to_vec(&self.content).expect("JSON"));
         let signature = signer.sign([&header, &parent, &metadata, &content]);
@@ -229,9 +224,10 @@ mod tests {
         let decoded = Incoming::decode(request(&signer), &signer).unwrap();
         assert_eq!(decoded.identities, vec![Bytes::from_static(b"client-7")]);
         assert_eq!(decoded.msg_type(), "execute_request");
-        assert_eq!(decoded.header.session, "session-1");
         assert_eq!(decoded.content["code"], "1 + 1");
-        assert_eq!(decoded.buffers, vec![Bytes::from_static(b"\x00\x01binary")]);
+        let header: Value = serde_json::from_slice(&decoded.raw_header).unwrap();
+        assert_eq!(header["session"], "session-1");
+        assert_eq!(header["msg_id"], decoded.header.msg_id.as_str());
         let reply = Outgoing::child_of(&decoded, "execute_reply", json!({"status": "ok"}));
         let frames = reply.encode(&signer, "kernel");
         let back = Incoming::decode(frames, &signer).unwrap();

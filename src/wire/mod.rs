@@ -15,5 +15,5 @@ pub mod message;
 pub mod sockets;
 
 pub use connection::ConnectionFile;
-pub use message::{Incoming, Outgoing, Signer};
+pub use message::{Incoming, Outgoing};
 pub use sockets::Sockets;

@@ -35,11 +35,6 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// The kernel's session id, used in every header it sends.
-    pub fn session(&self) -> &str {
-        &self.session
-    }
-
     /// Queues a message on iopub. Messages are published in the order they are queued.
     pub fn publish(&self, message: Outgoing) {
         // The iopub task only ends at shutdown; a message published after that has no reader.
@@ -150,6 +145,12 @@ async fn serve_router(
         };
         match Incoming::decode(frames, &signer) {
             Ok(message) => {
+                tracing::debug!(
+                    ?channel,
+                    msg_type = %message.header.msg_type,
+                    msg_id = %message.header.msg_id,
+                    "received"
+                );
                 if tx.send(message).await.is_err() {
                     return; // kernel is shutting down
                 }

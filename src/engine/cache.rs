@@ -1,0 +1,210 @@
+//! The persistent build cache: where evcxr compiles cells, so tokio, the runtime crate and
+//! `:dep` crates are compiled once per machine and toolchain instead of once per session.
+//!
+//! Layout under `$RUSTLOOP_CACHE_DIR` (default `~/.cache/rustloop`):
+//! ```text
+//! <key>/runtime/            the runtime crate's source, written from this binary
+//! <key>/slot-<n>/           an evcxr crate directory (Cargo.toml, src/, target/)
+//! <key>/slot-<n>.lock       flock held by the kernel using slot n
+//! ```
+//! `<key>` combines rustloop's version and the rustc version, so a toolchain or rustloop update
+//! starts a fresh cache instead of reusing a stale one. Each running kernel holds an exclusive
+//! lock on one slot, so two kernels never build in the same directory; a new slot is seeded
+//! from a warm one. Cargo's own fingerprints make an interrupted (half-written) build safe to
+//! resume.
+
+use anyhow::{Context, Result, bail};
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// The runtime crate's sources, embedded in the binary.
+const RUNTIME_FILES: &[(&str, &str)] = &[
+    ("Cargo.toml", include_str!("../../runtime/Cargo.toml")),
+    ("src/lib.rs", include_str!("../../runtime/src/lib.rs")),
+    (
+        "src/display.rs",
+        include_str!("../../runtime/src/display.rs"),
+    ),
+    ("src/json.rs", include_str!("../../runtime/src/json.rs")),
+    ("src/link.rs", include_str!("../../runtime/src/link.rs")),
+    ("src/tasks.rs", include_str!("../../runtime/src/tasks.rs")),
+];
+
+/// Marks a slot whose dependencies have been built once.
+const WARM_MARKER: &str = ".rustloop-warm";
+
+/// A locked cache slot, held for the life of the kernel.
+pub struct Slot {
+    pub dir: PathBuf,
+    pub runtime_dir: PathBuf,
+    _lock: File,
+}
+
+impl Slot {
+    /// Whether this slot has built the runtime before (then warm-up can stay offline).
+    pub fn is_warm(&self) -> bool {
+        self.dir.join(WARM_MARKER).exists()
+    }
+
+    pub fn mark_warm(&self) {
+        let _ = std::fs::write(self.dir.join(WARM_MARKER), b"");
+    }
+}
+
+/// The cache root.
+pub fn root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("RUSTLOOP_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("rustloop")
+}
+
+/// `<rustloop version>-<hash of the runtime sources>`. The toolchain is not part of the key:
+/// cargo notices a new rustc by itself and rebuilds the slot once, and running `rustc` here
+/// would delay every kernel start.
+pub fn key() -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    for (name, text) in RUNTIME_FILES {
+        hasher.update(name.as_bytes());
+        hasher.update(text.as_bytes());
+    }
+    format!(
+        "{}-{}",
+        env!("CARGO_PKG_VERSION"),
+        hex::encode(&hasher.finalize()[..6])
+    )
+}
+
+/// What the evaluation process needs to know about the toolchain.
+pub struct Toolchain {
+    /// e.g. `1.95.0`
+    pub release: String,
+    /// e.g. `x86_64-unknown-linux-gnu`
+    pub host: String,
+    /// Where `libstd-*.so` lives.
+    pub target_libdir: PathBuf,
+}
+
+/// Asks rustc (about 25 ms per call, so done off the kernel's startup path).
+pub fn toolchain() -> Result<Toolchain> {
+    let run = |args: &[&str]| -> Result<String> {
+        let output = std::process::Command::new("rustc")
+            .args(args)
+            .output()
+            .context("cannot run `rustc`: is Rust installed and on PATH?")?;
+        if !output.status.success() {
+            bail!(
+                "`rustc {}` failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    let info = run(&["-vV"])?;
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or("unknown")
+            .trim()
+            .to_owned()
+    };
+    Ok(Toolchain {
+        release: field("release: "),
+        host: field("host: "),
+        target_libdir: PathBuf::from(run(&["--print", "target-libdir"])?.trim()),
+    })
+}
+
+/// Locks a free slot (creating it if needed) and writes the runtime crate's sources.
+pub fn acquire() -> Result<Slot> {
+    let base = root().join(key());
+    std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
+    let runtime_dir = base.join("runtime");
+    write_runtime(&runtime_dir)?;
+    for n in 0..64 {
+        let lock_path = base.join(format!("slot-{n}.lock"));
+        let lock = File::create(&lock_path)
+            .with_context(|| format!("creating {}", lock_path.display()))?;
+        // SAFETY: flock on a descriptor we own; released when the File closes (at exit).
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            continue;
+        }
+        let dir = base.join(format!("slot-{n}"));
+        if !dir.join(WARM_MARKER).exists() {
+            seed_from_warm_slot(&base, &dir);
+        }
+        std::fs::create_dir_all(&dir)?;
+        return Ok(Slot {
+            dir,
+            runtime_dir,
+            _lock: lock,
+        });
+    }
+    bail!("all 64 cache slots under {} are in use", base.display())
+}
+
+/// Writes the runtime sources, touching files only when their content changed (cargo
+/// fingerprints path dependencies by modification time).
+fn write_runtime(dir: &Path) -> Result<()> {
+    for (name, text) in RUNTIME_FILES {
+        let path = dir.join(name);
+        if std::fs::read_to_string(&path).ok().as_deref() == Some(*text) {
+            continue;
+        }
+        std::fs::create_dir_all(path.parent().expect("has parent"))?;
+        // Write-then-rename so a concurrent reader never sees half a file.
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &path)?;
+    }
+    Ok(())
+}
+
+/// Copies the build products of a warm slot into a new one, so a second concurrent kernel does
+/// not rebuild tokio from scratch. Best effort: on any failure the slot just starts cold.
+fn seed_from_warm_slot(base: &Path, dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    let warm = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p != dir && p.join(WARM_MARKER).exists());
+    let Some(warm) = warm else { return };
+    let _ = std::fs::remove_dir_all(dir);
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&warm)
+        .arg(dir)
+        .status();
+    if !matches!(status, Ok(s) if s.success()) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_files_are_rewritten_only_when_changed() {
+        let dir = std::env::temp_dir().join(format!("rustloop-cache-test-{}", std::process::id()));
+        write_runtime(&dir).unwrap();
+        let lib = dir.join("src/lib.rs");
+        let before = std::fs::metadata(&lib).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        write_runtime(&dir).unwrap();
+        assert_eq!(std::fs::metadata(&lib).unwrap().modified().unwrap(), before);
+        std::fs::write(&lib, "stale").unwrap();
+        write_runtime(&dir).unwrap();
+        assert_eq!(std::fs::read_to_string(&lib).unwrap(), RUNTIME_FILES[1].1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

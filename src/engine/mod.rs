@@ -1,0 +1,135 @@
+//! The evaluation engine: Rust cells in, outputs and outcomes out.
+//!
+//! The kernel layer talks to it through [`Engine`] (execute, complete, inspect, interrupt,
+//! input replies) and receives an ordered stream of [`Event`]s. Inside:
+//! - [`cell`] rewrites cells (top-level `.await`, final-value display) and answers
+//!   `is_complete` from the parser alone;
+//! - `evaluator` owns evcxr's `CommandContext` on its own thread, warms it up in the
+//!   background, and turns evcxr's results into outcomes;
+//! - `child` is the evaluation process evcxr starts (the same binary);
+//! - `link` is the socket between the two; `cache` the persistent build directory;
+//! - `errors` renders compile errors and crashes.
+
+pub mod cache;
+pub mod cell;
+mod child;
+mod errors;
+mod evaluator;
+mod link;
+mod router;
+
+pub use child::run_if_evaluation_process;
+pub use errors::ErrorInfo;
+
+use serde_json::{Map, Value};
+use std::sync::Arc;
+
+/// Identifies one execute request; chosen by the caller.
+pub type ExecId = u64;
+
+/// Where an output should appear.
+#[derive(Debug, Clone)]
+pub enum Output {
+    Stream {
+        stderr: bool,
+        text: String,
+    },
+    Display {
+        data: Map<String, Value>,
+        metadata: Map<String, Value>,
+        display_id: Option<String>,
+    },
+    Update {
+        data: Map<String, Value>,
+        metadata: Map<String, Value>,
+        display_id: String,
+    },
+    Clear {
+        wait: bool,
+    },
+    /// The cell's value (`execute_result`).
+    Result {
+        data: Map<String, Value>,
+        metadata: Map<String, Value>,
+    },
+    /// The running cell asks the user for input; answer with [`Engine::input_reply`].
+    InputRequest {
+        prompt: String,
+        password: bool,
+    },
+}
+
+/// How an execution ended.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub error: Option<ErrorInfo>,
+    /// `user_expressions` results, already in Jupyter's shape.
+    pub user_expressions: Map<String, Value>,
+}
+
+/// Everything the engine reports, in order: all outputs of a cell come before its `Finished`.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Output(Output),
+    Finished { id: ExecId, outcome: Outcome },
+}
+
+/// Receives events; called from engine threads and tasks, must not block.
+pub type EventSink = Arc<dyn Fn(Event) + Send + Sync>;
+
+/// An execute request.
+#[derive(Debug, Clone)]
+pub struct Execute {
+    pub id: ExecId,
+    pub code: String,
+    /// Shown in messages about this cell, e.g. `[3]`.
+    pub label: String,
+    pub allow_stdin: bool,
+    pub user_expressions: Vec<(String, String)>,
+}
+
+/// Completion matches for a cursor position (character offsets).
+#[derive(Debug, Clone, Default)]
+pub struct Completions {
+    pub matches: Vec<String>,
+    pub cursor_start: usize,
+    pub cursor_end: usize,
+}
+
+/// `(text/plain, text/html)` documentation for the item at a cursor.
+pub type Inspection = Option<(String, String)>;
+
+pub use evaluator::Engine;
+
+/// Warms a cache slot without a Jupyter client: compiles tokio and the runtime crate, which the
+/// first notebook session would otherwise do (`rustloop install` runs this).
+pub async fn prebuild(slot: cache::Slot) -> anyhow::Result<()> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let engine = Engine::start(
+        Arc::new(move |event| {
+            let _ = tx.send(event);
+        }),
+        slot,
+    )?;
+    engine.execute(Execute {
+        id: 1,
+        code: "let _ = rustloop::handle();".to_owned(),
+        label: "[install]".to_owned(),
+        allow_stdin: false,
+        user_expressions: Vec::new(),
+    });
+    while let Some(event) = rx.recv().await {
+        match event {
+            Event::Output(Output::Stream { text, .. }) => eprint!("{text}"),
+            Event::Output(_) => {}
+            Event::Finished { outcome, .. } => {
+                engine.shutdown();
+                return match outcome.error {
+                    None => Ok(()),
+                    Some(e) => Err(anyhow::anyhow!("{}: {}", e.ename, e.evalue)),
+                };
+            }
+        }
+    }
+    anyhow::bail!("the evaluator stopped before the cache was built")
+}

@@ -1,0 +1,317 @@
+//! Interprets what arrives on the link: output becomes [`Output`] events, and what the
+//! evaluator needs to judge a cell (a panic, an interrupt, a crash, the final value) is kept in
+//! [`CellState`] until the cell ends.
+
+use super::link::{Link, LinkEvent};
+use super::{EventSink, ExecId, Output};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+/// A panic on the evaluation thread, as reported by the runtime's panic hook.
+#[derive(Debug, Clone)]
+pub struct PanicReport {
+    pub message: String,
+    pub location: String,
+}
+
+/// Who is waiting for the user's input.
+#[derive(Debug, Default)]
+pub enum InputWaiter {
+    #[default]
+    None,
+    /// `rustloop::input` (answered over the control connection).
+    Runtime,
+    /// evcxr's `evcxr_input` protocol (answered through evcxr's callback).
+    Evcxr(std::sync::mpsc::Sender<Result<String, String>>),
+}
+
+/// What the evaluator needs to know about the cell that is running.
+#[derive(Debug, Default)]
+pub struct CellState {
+    pub executing: Option<ExecId>,
+    pub label: String,
+    pub allow_stdin: bool,
+    /// While evaluating `user_expressions`: results are captured, not shown.
+    pub capture: Option<Map<String, Value>>,
+    /// The evaluation-process run of the current cell (from its `cell_start`).
+    pub run: Option<u64>,
+    pub interrupt_requested: bool,
+    pub interrupt_delivered_at: Option<Instant>,
+    pub interrupted_at_await: bool,
+    pub killed_for_interrupt: bool,
+    pub panic: Option<PanicReport>,
+    pub evcxr_panic: bool,
+    pub question_mark_error: bool,
+    pub crash_signal: Option<String>,
+    /// The evaluation process stopped because the runtime library was rebuilt.
+    pub runtime_changed: bool,
+    pub input: InputWaiter,
+    pub(super) in_result: bool,
+    pub(super) result: Option<(Map<String, Value>, Map<String, Value>)>,
+}
+
+pub struct Router {
+    sink: EventSink,
+    /// While evcxr warms up, what its probe cells print is not shown to anyone.
+    pub warming: std::sync::atomic::AtomicBool,
+    rt: tokio::runtime::Handle,
+    pub state: Mutex<CellState>,
+    /// Cell label per evaluation-process run, for messages about background tasks.
+    labels: Mutex<HashMap<u64, String>>,
+    link: OnceLock<Arc<Link>>,
+    tasks_reply: Mutex<Option<std::sync::mpsc::Sender<Value>>>,
+    carry: Mutex<[Vec<u8>; 2]>,
+}
+
+impl Router {
+    /// Must be called inside the kernel's tokio runtime.
+    pub fn new(sink: EventSink) -> Arc<Router> {
+        Arc::new(Router {
+            sink,
+            warming: std::sync::atomic::AtomicBool::new(true),
+            rt: tokio::runtime::Handle::current(),
+            state: Mutex::new(CellState::default()),
+            labels: Mutex::new(HashMap::new()),
+            link: OnceLock::new(),
+            tasks_reply: Mutex::new(None),
+            carry: Mutex::new([Vec::new(), Vec::new()]),
+        })
+    }
+
+    pub fn set_link(&self, link: Arc<Link>) {
+        let _ = self.link.set(link);
+    }
+
+    pub fn sink(&self) -> &EventSink {
+        &self.sink
+    }
+
+    pub fn emit(&self, output: Output) {
+        (self.sink)(super::Event::Output(output));
+    }
+
+    /// Sends a line to the runtime's control connection (from any thread).
+    pub fn command(&self, line: String) {
+        if let Some(link) = self.link.get() {
+            let link = link.clone();
+            self.rt.spawn(async move { link.command(line).await });
+        }
+    }
+
+    /// Sends the interrupt for `run` now.
+    pub fn deliver_interrupt(&self, state: &mut CellState, run: u64) {
+        state.interrupt_delivered_at = Some(Instant::now());
+        self.command(format!("interrupt {run}"));
+    }
+
+    /// Asks the runtime for its live tasks (answered through [`Router::handle`]).
+    pub fn request_tasks(&self) -> std::sync::mpsc::Receiver<Value> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        *self.tasks_reply.lock().unwrap() = Some(tx);
+        self.command("tasks".to_owned());
+        rx
+    }
+
+    pub fn label_of_run(&self, run: u64) -> Option<String> {
+        self.labels.lock().unwrap().get(&run).cloned()
+    }
+
+    /// Called once per link event, in order.
+    pub fn handle(&self, event: LinkEvent) {
+        if self.warming.load(std::sync::atomic::Ordering::SeqCst) {
+            tracing::debug!("during warm-up: {event:?}");
+            return;
+        }
+        match event {
+            LinkEvent::Stdout(bytes) => self.stream(false, &bytes),
+            LinkEvent::Stderr(bytes) => self.stream(true, &bytes),
+            LinkEvent::Runtime(message) => self.runtime(message),
+            LinkEvent::Closed => self.flush_carry(),
+        }
+    }
+
+    /// Emits text, holding back an incomplete UTF-8 sequence at the end of a chunk.
+    fn stream(&self, stderr: bool, bytes: &[u8]) {
+        let text = {
+            let mut carry = self.carry.lock().unwrap();
+            let buf = &mut carry[stderr as usize];
+            buf.extend_from_slice(bytes);
+            let valid = match std::str::from_utf8(buf) {
+                Ok(_) => buf.len(),
+                Err(e) if e.error_len().is_none() => e.valid_up_to(),
+                Err(_) => buf.len(), // invalid bytes: pass through lossily
+            };
+            let rest = buf.split_off(valid);
+            let text = String::from_utf8_lossy(buf).into_owned();
+            *buf = rest;
+            text
+        };
+        if !text.is_empty() {
+            self.emit(Output::Stream { stderr, text });
+        }
+    }
+
+    /// Emits whatever partial UTF-8 is left (end of a cell or of the process).
+    pub fn flush_carry(&self) {
+        let pending: Vec<(bool, Vec<u8>)> = {
+            let mut carry = self.carry.lock().unwrap();
+            [false, true]
+                .into_iter()
+                .map(|e| (e, std::mem::take(&mut carry[e as usize])))
+                .collect()
+        };
+        for (stderr, bytes) in pending {
+            if !bytes.is_empty() {
+                self.emit(Output::Stream {
+                    stderr,
+                    text: String::from_utf8_lossy(&bytes).into_owned(),
+                });
+            }
+        }
+    }
+
+    fn runtime(&self, message: Value) {
+        let kind = message["t"].as_str().unwrap_or("");
+        let object = |key: &str| message[key].as_object().cloned().unwrap_or_default();
+        match kind {
+            "cell_start" => {
+                let run = message["run"].as_u64().unwrap_or(0);
+                let mut state = self.state.lock().unwrap();
+                if state.executing.is_some() {
+                    state.run = Some(run);
+                    self.labels.lock().unwrap().insert(run, state.label.clone());
+                    if state.interrupt_requested && state.interrupt_delivered_at.is_none() {
+                        self.deliver_interrupt(&mut state, run);
+                    }
+                }
+            }
+            "display" | "content" => {
+                let (data, metadata) = if kind == "content" {
+                    let mut data = Map::new();
+                    let mime = message["mime"].as_str().unwrap_or("text/plain").to_owned();
+                    data.insert(mime, message["data"].clone());
+                    (data, Map::new())
+                } else {
+                    (object("data"), object("metadata"))
+                };
+                let mut state = self.state.lock().unwrap();
+                if state.in_result {
+                    let result = state.result.get_or_insert_with(Default::default);
+                    result.0.extend(data);
+                    result.1.extend(metadata);
+                    return;
+                }
+                drop(state);
+                self.emit(Output::Display {
+                    data,
+                    metadata,
+                    display_id: message["id"].as_str().map(str::to_owned),
+                });
+            }
+            "update" => self.emit(Output::Update {
+                data: object("data"),
+                metadata: object("metadata"),
+                display_id: message["id"].as_str().unwrap_or_default().to_owned(),
+            }),
+            "clear" => self.emit(Output::Clear {
+                wait: message["wait"].as_bool().unwrap_or(false),
+            }),
+            "result_begin" => {
+                let mut state = self.state.lock().unwrap();
+                state.in_result = true;
+                state.result = None;
+            }
+            "result_end" => {
+                let result = {
+                    let mut state = self.state.lock().unwrap();
+                    state.in_result = false;
+                    let result = state.result.take();
+                    match (&mut state.capture, result) {
+                        (Some(captured), Some((data, _))) => {
+                            *captured = data;
+                            None
+                        }
+                        (_, result) => result,
+                    }
+                };
+                if let Some((data, metadata)) = result {
+                    self.emit(Output::Result { data, metadata });
+                }
+            }
+            "input" => {
+                let prompt = message["prompt"].as_str().unwrap_or("").to_owned();
+                let password = message["password"].as_bool().unwrap_or(false);
+                let mut state = self.state.lock().unwrap();
+                let refusal = if state.executing.is_none() {
+                    Some("input() can only be answered while a cell is running")
+                } else if !state.allow_stdin {
+                    Some(
+                        "input() is not available: this client does not accept input \
+                         (the execute request had allow_stdin: false, as in nbconvert)",
+                    )
+                } else if !matches!(state.input, InputWaiter::None) {
+                    Some("another input request is already waiting for the user")
+                } else {
+                    None
+                };
+                match refusal {
+                    Some(reason) => {
+                        drop(state);
+                        self.command(format!("input_err {}", hex::encode(reason)));
+                    }
+                    None => {
+                        state.input = InputWaiter::Runtime;
+                        drop(state);
+                        self.emit(Output::InputRequest { prompt, password });
+                    }
+                }
+            }
+            "panic" => {
+                let report = PanicReport {
+                    message: message["message"].as_str().unwrap_or("").to_owned(),
+                    location: message["location"].as_str().unwrap_or("").to_owned(),
+                };
+                if message["main"].as_bool() == Some(true) {
+                    self.state.lock().unwrap().panic = Some(report);
+                } else {
+                    let thread = message["thread"].as_str().unwrap_or("?");
+                    let task = message["task"]
+                        .as_str()
+                        .map(|t| format!("task {t}"))
+                        .unwrap_or_else(|| "a thread".to_owned());
+                    let origin = message["run"]
+                        .as_u64()
+                        .and_then(|run| self.label_of_run(run))
+                        .map(|label| format!(" spawned by cell {label}"))
+                        .unwrap_or_default();
+                    self.emit(Output::Stream {
+                        stderr: true,
+                        text: format!(
+                            "thread '{thread}' panicked ({task}{origin}): {}\n\
+                             The runtime keeps running; awaiting this task's JoinHandle gives \
+                             Err(JoinError::Panic).\n",
+                            report.message
+                        ),
+                    });
+                }
+            }
+            "interrupted" => self.state.lock().unwrap().interrupted_at_await = true,
+            "runtime_changed" => self.state.lock().unwrap().runtime_changed = true,
+            "evcxr_panic" => self.state.lock().unwrap().evcxr_panic = true,
+            "question_mark_error" => self.state.lock().unwrap().question_mark_error = true,
+            "tasks" => {
+                if let Some(reply) = self.tasks_reply.lock().unwrap().take() {
+                    let _ = reply.send(message["tasks"].clone());
+                }
+            }
+            "flush" => {
+                if let Some(signal) = message["signal"].as_str() {
+                    self.state.lock().unwrap().crash_signal = Some(signal.to_owned());
+                }
+            }
+            other => tracing::debug!("unknown runtime message {other:?}"),
+        }
+    }
+}
