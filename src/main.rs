@@ -65,9 +65,10 @@ pub fn set_toolchain_version(release: &str) {
 }
 
 fn main() {
-    // When evcxr starts this binary as its evaluation process or rustc wrapper, that role
-    // takes over here and never returns.
+    // When evcxr starts this binary as its evaluation process, or cargo as its rustc wrapper,
+    // that role takes over here and never returns.
     engine::run_if_evaluation_process();
+    engine::run_if_rustc_wrapper();
     evcxr::runtime_hook();
 
     let cli = Cli::parse();

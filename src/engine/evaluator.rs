@@ -49,6 +49,7 @@ struct Inner {
     child: Mutex<Option<Arc<Mutex<std::process::Child>>>>,
     warm: AtomicBool,
     cold_cache: bool,
+    warnings_file: std::path::PathBuf,
     _link: Arc<Link>,
 }
 
@@ -70,6 +71,7 @@ impl Engine {
             child: Mutex::new(None),
             warm: AtomicBool::new(false),
             cold_cache: !slot.is_warm(),
+            warnings_file: slot.dir.join(".rustloop-warnings.jsonl"),
             _link: link.clone(),
         });
         let thread_inner = inner.clone();
@@ -327,6 +329,15 @@ fn warm_up(inner: &Inner, slot: &Slot, link: &std::path::Path) -> Result<Command
         // `use rustloop as _;` stays in every cell evcxr compiles from now on: it makes each
         // cell link the runtime library, and with it the one shared tokio.
         state.set_build_env("RUSTFLAGS", "-Cprefer-dynamic --cfg tokio_unstable");
+        // Run cell builds through this binary to keep the warnings evcxr would drop.
+        if let Ok(exe) = std::env::current_exe() {
+            state.set_build_env("RUSTC_WRAPPER", &exe.to_string_lossy());
+            state.set_build_env(super::warnings::WRAPPER_ENV, "1");
+            state.set_build_env(
+                super::warnings::WARNINGS_FILE_ENV,
+                &inner.warnings_file.to_string_lossy(),
+            );
+        }
         state
             .add_dep("tokio", r#"{ version = "1", features = ["full"] }"#)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -393,7 +404,7 @@ fn run_cell(inner: &Inner, context: &mut CommandContext, execute: Execute) -> Ou
         .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with("//"));
     let mut outcome = Outcome::default();
     if has_evcxr_work {
-        let mut error = evaluate(router, context, &prepared, &execute);
+        let mut error = evaluate(inner, context, &prepared, &execute);
         if error
             .as_ref()
             .is_some_and(|(_, state)| state.runtime_changed)
@@ -412,7 +423,7 @@ fn run_cell(inner: &Inner, context: &mut CommandContext, execute: Execute) -> Ou
                 ),
             });
             begin();
-            error = evaluate(router, context, &prepared, &execute);
+            error = evaluate(inner, context, &prepared, &execute);
         }
         outcome.error = error.map(|(e, _)| e);
     }
@@ -425,11 +436,13 @@ fn run_cell(inner: &Inner, context: &mut CommandContext, execute: Execute) -> Ou
 
 /// Runs prepared code through evcxr; on failure, the error and the cell's final state.
 fn evaluate(
-    router: &Arc<Router>,
+    inner: &Inner,
     context: &mut CommandContext,
     prepared: &cell::Prepared,
     execute: &Execute,
 ) -> Option<(ErrorInfo, CellState)> {
+    let router = &inner.router;
+    let _ = std::fs::remove_file(&inner.warnings_file);
     let variables_before: Vec<String> = context
         .variables_and_types()
         .map(|(name, _)| name.to_owned())
@@ -442,6 +455,13 @@ fn evaluate(
         },
     };
     let result = context.execute_with_callbacks(&prepared.code, &mut callbacks);
+    let warnings = super::warnings::render(&inner.warnings_file, &execute.code);
+    if !warnings.is_empty() {
+        router.emit(Output::Stream {
+            stderr: true,
+            text: warnings,
+        });
+    }
     let state = {
         let mut state = router.state.lock().unwrap();
         let executing = state.executing;

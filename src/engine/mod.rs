@@ -8,7 +8,8 @@
 //!   background, and turns evcxr's results into outcomes;
 //! - `child` is the evaluation process evcxr starts (the same binary);
 //! - `link` is the socket between the two; `cache` the persistent build directory;
-//! - `errors` renders compile errors and crashes.
+//! - `errors` renders compile errors and crashes; `warnings` keeps the compiler warnings worth
+//!   showing (as cargo's rustc wrapper).
 
 pub mod cache;
 pub mod cell;
@@ -17,9 +18,11 @@ mod errors;
 mod evaluator;
 mod link;
 mod router;
+mod warnings;
 
 pub use child::run_if_evaluation_process;
 pub use errors::ErrorInfo;
+pub use warnings::run_if_rustc_wrapper;
 
 use serde_json::{Map, Value};
 use std::sync::Arc;
