@@ -97,11 +97,21 @@ fn init_logging() {
 /// the environment is sound.
 fn prepare_engine() -> Result<engine::cache::Slot> {
     let slot = engine::cache::acquire()?;
+    // Our own evcxr.toml, so a user's global one cannot move the build directory or change
+    // its flags, and so that evcxr's very first (probe) compile already uses our settings.
+    let config_dir = slot.dir.join(".evcxr-config");
+    std::fs::create_dir_all(&config_dir)?;
+    std::fs::write(
+        config_dir.join("evcxr.toml"),
+        format!(
+            "[evcxr]\nopt_level = \"0\"\npreserve_vars_on_panic = true\noffline_mode = {}\n",
+            slot.is_warm()
+        ),
+    )?;
     // SAFETY: single-threaded at this point (the tokio runtime is not started yet).
     unsafe {
         std::env::set_var("EVCXR_TMPDIR", &slot.dir);
-        // A user's global evcxr.toml must not move the build directory or change its flags.
-        std::env::set_var("EVCXR_CONFIG_DIR", slot.dir.join(".evcxr-config"));
+        std::env::set_var("EVCXR_CONFIG_DIR", &config_dir);
     }
     Ok(slot)
 }

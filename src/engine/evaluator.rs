@@ -237,9 +237,20 @@ fn evaluator_main(
     };
     inner.router.warming.store(false, Ordering::SeqCst);
     inner.warm.store(true, Ordering::SeqCst);
+    let pending = requests.try_recv().ok();
+    if let Some(context) = context.as_mut()
+        && pending.is_none()
+    {
+        // rust-analyzer (which evcxr uses to infer the types of `let` variables) builds its
+        // picture of std and tokio on first use, about 2 s. Do that now, while the user is
+        // still typing, rather than in their first cell with a `let`.
+        let started = Instant::now();
+        let _ = context.completions("let rustloop_warm_up = 1u8; rustloop_warm_up.", 44);
+        tracing::info!("analysis warm after {:?}", started.elapsed());
+    }
     let startup_error = "the Rust evaluator could not start (see the kernel log or the first \
                          cell's output); check that `cargo` and `rustc` work in this environment";
-    for request in requests {
+    for request in pending.into_iter().chain(requests.iter()) {
         match request {
             Request::Execute(execute) => {
                 let id = execute.id;
@@ -311,6 +322,7 @@ fn warm_up(inner: &Inner, slot: &Slot, link: &std::path::Path) -> Result<Command
             Ok(())
         });
     }
+    let t0 = Instant::now();
     let (mut eval, outputs) = EvalContext::with_subprocess_command(command)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("starting evcxr")?;
@@ -338,14 +350,18 @@ fn warm_up(inner: &Inner, slot: &Slot, link: &std::path::Path) -> Result<Command
                 &inner.warnings_file.to_string_lossy(),
             );
         }
+        tracing::info!("warm-up: evcxr started after {:?}", t0.elapsed());
         state
             .add_dep("tokio", r#"{ version = "1", features = ["full"] }"#)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         state
             .add_local_dep(&slot.runtime_dir.to_string_lossy())
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        eval.eval_with_state("use rustloop as _;", state)
+        tracing::info!("warm-up: dependencies validated after {:?}", t0.elapsed());
+        let outputs = eval
+            .eval_with_state("use rustloop as _;", state)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        tracing::info!("warm-up phases: {:?}", outputs.phases);
         Ok(())
     };
     if slot.is_warm() {
@@ -455,6 +471,9 @@ fn evaluate(
         },
     };
     let result = context.execute_with_callbacks(&prepared.code, &mut callbacks);
+    if let Ok(outputs) = &result {
+        tracing::debug!("phases: {:?}", outputs.phases);
+    }
     let warnings = super::warnings::render(&inner.warnings_file, &execute.code);
     if !warnings.is_empty() {
         router.emit(Output::Stream {
