@@ -71,7 +71,20 @@ fn main() {
     engine::run_if_rustc_wrapper();
     evcxr::runtime_hook();
 
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            // One line, as for every other rustloop error; `--help` has the details.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!(
+                "rustloop: {} (see `rustloop --help`)",
+                first.trim_start_matches("error: ")
+            );
+            std::process::exit(2);
+        }
+    };
     init_logging();
     let result = match cli.command {
         Command::Kernel { connection_file } => run_kernel(connection_file),

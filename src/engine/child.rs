@@ -73,6 +73,7 @@ fn main_loop(link: &std::path::Path) -> std::io::Result<()> {
         out: std::fs::File::from(out_read),
         err: std::fs::File::from(err_read),
         pending: Vec::new(),
+        at_line_start: true,
     };
     std::thread::Builder::new()
         .name("rustloop-output".into())
@@ -185,6 +186,8 @@ struct Pump {
     err: std::fs::File,
     /// Bytes from fd 1 not yet classified (a marker or protocol line may be incomplete).
     pending: Vec<u8>,
+    /// Whether the last text forwarded ended a line (protocol lines start lines).
+    at_line_start: bool,
 }
 
 impl Pump {
@@ -264,15 +267,17 @@ impl Pump {
             };
             let Some(at) = next else {
                 // Plain text; keep back a tail that could be the start of a marker.
-                let keep = partial_suffix(&self.pending);
+                let keep = partial_suffix(&self.pending, self.at_line_start);
                 let text: Vec<u8> = self.pending.drain(..self.pending.len() - keep).collect();
                 if !text.is_empty() {
+                    self.at_line_start = text.ends_with(b"\n");
                     write_frame(&mut self.data, Frame::Stdout, &text)?;
                 }
                 return Ok(());
             };
             if at > 0 {
                 let text: Vec<u8> = self.pending.drain(..at).collect();
+                self.at_line_start = text.ends_with(b"\n");
                 write_frame(&mut self.data, Frame::Stdout, &text)?;
             }
             let consumed = if self.pending.starts_with(MARKER) {
@@ -348,6 +353,7 @@ impl Pump {
             return Ok(false);
         };
         let line: Vec<u8> = self.pending.drain(..=newline).collect();
+        self.at_line_start = true;
         let body = &line[..line.len() - 1];
         if body == EXECUTION_COMPLETE {
             // Everything the cell wrote to fd 1 is forwarded; collect fd 2 too, tell the kernel
@@ -388,15 +394,24 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Length of the longest suffix of `bytes` that is a proper prefix of a marker.
-fn partial_suffix(bytes: &[u8]) -> usize {
+/// Length of the longest suffix of `bytes` that may be the start of a marker and so must wait
+/// for more input. `EVCXR_` protocol lines start lines, so a partial one is only held back at
+/// the start of a line; text like `print!("E")` is not delayed.
+fn partial_suffix(bytes: &[u8], at_line_start: bool) -> usize {
     let mut keep = 0;
     for needle in [MARKER, EVCXR] {
         for len in (1..needle.len()).rev() {
-            if len <= bytes.len() && bytes.ends_with(&needle[..len]) {
-                keep = keep.max(len);
-                break;
+            if len > bytes.len() || !bytes.ends_with(&needle[..len]) {
+                continue;
             }
+            let starts_line = match bytes.len() - len {
+                0 => at_line_start,
+                i => bytes[i - 1] == b'\n',
+            };
+            if needle == MARKER || starts_line {
+                keep = keep.max(len);
+            }
+            break;
         }
     }
     keep
@@ -521,9 +536,12 @@ mod tests {
 
     #[test]
     fn partial_markers_are_held_back() {
-        assert_eq!(partial_suffix(b"hello"), 0);
-        assert_eq!(partial_suffix(b"hello\0RL"), 3);
-        assert_eq!(partial_suffix(b"abc EVCX"), 4);
-        assert_eq!(partial_suffix(b"E"), 1);
+        assert_eq!(partial_suffix(b"hello", true), 0);
+        assert_eq!(partial_suffix(b"hello\0RL", false), 3);
+        assert_eq!(partial_suffix(b"abc\nEVCX", false), 4);
+        assert_eq!(partial_suffix(b"E", true), 1);
+        // Mid-line text that happens to end like a marker is not held back.
+        assert_eq!(partial_suffix(b"abc EVCX", true), 0);
+        assert_eq!(partial_suffix(b"E", false), 0);
     }
 }

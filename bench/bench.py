@@ -1,0 +1,148 @@
+"""rustloop benchmark: the same cells through jupyter_client against rustloop and, when its
+kernelspec is installed, evcxr_jupyter. Prints each figure and the rustloop/evcxr ratio.
+
+    ~/.cache/rustloop/venv/bin/python bench/bench.py [--runs N]
+
+Figures (medians over N runs unless noted):
+- start:        kernel process start -> kernel_info_reply
+- first_await:  a new session's first cell with `.await`, sent as soon as kernel_info is
+                answered (end to end: kernel start -> execute_reply)
+- first_await_idle: the same cell sent 5 s after the kernel is ready (a user opening a notebook)
+- warm_cell:    `x + 1` after `let x = 1;` in a warm kernel
+- lines_20k:    time for a cell printing 20,000 lines until idle, and how many stream messages
+evcxr_jupyter needs a separate `:dep tokio` cell before any `.await`; that cell's time is part of
+its first_await figure.
+
+The rustloop kernelspec is taken from $JUPYTER_PATH if it has one, else installed into a temp
+prefix from the release build ($RUSTLOOP_BIN or ~/.cache/rustloop/target/release/rustloop).
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+from jupyter_client.manager import KernelManager
+
+AWAIT_CELL = "tokio::time::sleep(std::time::Duration::from_millis(10)).await;"
+EVCXR_TOKIO = ':dep tokio = { version = "1", features = ["full"] }'
+
+
+def ensure_rustloop_spec():
+    try:
+        KernelSpecManager().get_kernel_spec("rustloop")
+        return
+    except NoSuchKernel:
+        pass
+    binary = os.environ.get(
+        "RUSTLOOP_BIN", str(Path.home() / ".cache/rustloop/target/release/rustloop")
+    )
+    prefix = tempfile.mkdtemp(prefix="rustloop-bench-")
+    subprocess.run([binary, "install", "--prefix", prefix, "--no-prebuild"], check=True,
+                   stdout=subprocess.DEVNULL)
+    os.environ["JUPYTER_PATH"] = os.path.join(prefix, "share", "jupyter")
+
+
+def evcxr_spec():
+    for name in ("rust", "evcxr", "evcxr_jupyter"):
+        try:
+            spec = KernelSpecManager().get_kernel_spec(name)
+        except NoSuchKernel:
+            continue
+        if "evcxr" in " ".join(spec.argv):
+            return name
+    return None
+
+
+class Session:
+    def __init__(self, name):
+        self.started = time.monotonic()
+        self.km = KernelManager(kernel_name=name)
+        self.km.start_kernel()
+        self.kc = self.km.client()
+        self.kc.start_channels()
+
+    def kernel_info(self, timeout=60):
+        self.kc.kernel_info()
+        self.kc.get_shell_msg(timeout=timeout)
+        return time.monotonic() - self.started
+
+    def run(self, code, timeout=900):
+        """Seconds from execute_request to idle; (seconds, stream message count, status)."""
+        t = time.monotonic()
+        msg_id = self.kc.execute(code)
+        streams = 0
+        while True:
+            msg = self.kc.get_iopub_msg(timeout=timeout)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "stream":
+                streams += 1
+            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                break
+        reply = self.kc.get_shell_msg(timeout=timeout)
+        return time.monotonic() - t, streams, reply["content"]["status"]
+
+    def close(self):
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+
+def measure(name, runs, needs_tokio_dep):
+    figures = {k: [] for k in ("start", "first_await", "first_await_idle", "warm_cell",
+                               "lines_20k", "lines_20k_msgs")}
+    for i in range(runs):
+        s = Session(name)
+        figures["start"].append(s.kernel_info())
+        if needs_tokio_dep:
+            s.run(EVCXR_TOKIO)
+        _, _, status = s.run(AWAIT_CELL)
+        assert status == "ok", f"{name}: first await cell failed"
+        figures["first_await"].append(time.monotonic() - s.started)
+        s.run("let x = 1;")
+        warm = [s.run("x + 1")[0] for _ in range(5)]
+        figures["warm_cell"].append(statistics.median(warm))
+        code = 'for i in 0..20000 { println!("line {i}"); }'
+        seconds, messages, _ = s.run(code)
+        figures["lines_20k"].append(seconds)
+        figures["lines_20k_msgs"].append(messages)
+        s.close()
+
+        s = Session(name)
+        s.kernel_info()
+        time.sleep(5)
+        elapsed = 0.0
+        if needs_tokio_dep:
+            elapsed += s.run(EVCXR_TOKIO)[0]
+        seconds, _, _ = s.run(AWAIT_CELL)
+        figures["first_await_idle"].append(elapsed + seconds)
+        s.close()
+    return {k: statistics.median(v) for k, v in figures.items() if v}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    ensure_rustloop_spec()
+    results = {"rustloop": measure("rustloop", args.runs, needs_tokio_dep=False)}
+    evcxr = evcxr_spec()
+    if evcxr:
+        results["evcxr"] = measure(evcxr, args.runs, needs_tokio_dep=True)
+    units = {"lines_20k_msgs": "msgs"}
+    print(f"{'figure':<18} {'rustloop':>12} {'evcxr_jupyter':>14} {'ratio':>7}")
+    for key, value in results["rustloop"].items():
+        unit = units.get(key, "s")
+        other = results.get("evcxr", {}).get(key)
+        fmt = (lambda v: f"{v:.0f} {unit}") if unit == "msgs" else (lambda v: f"{v:.3f} {unit}")
+        ratio = f"{value / other:.2f}" if other else "-"
+        print(f"{key:<18} {fmt(value):>12} {fmt(other) if other else 'not installed':>14} "
+              f"{ratio:>7}")
+
+
+if __name__ == "__main__":
+    main()
