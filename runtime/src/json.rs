@@ -41,7 +41,7 @@ pub fn opt_string(s: Option<&str>) -> String {
 
 /// Decodes the lowercase hex the kernel uses for free text on the control connection.
 pub fn unhex(s: &str) -> Option<String> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..s.len())

@@ -152,10 +152,8 @@ async fn accept_loop(
                 *newest_pid.lock().unwrap() = pid;
                 tracing::debug!(pid, "evaluation process connected");
                 serve_data(read, write, sink, on_cell_end).await;
-            } else if hello.starts_with(HELLO_CONTROL) {
-                if *newest_pid.lock().unwrap() == pid {
-                    *control.lock().await = Some(write);
-                }
+            } else if hello.starts_with(HELLO_CONTROL) && *newest_pid.lock().unwrap() == pid {
+                *control.lock().await = Some(write);
             }
         });
     }
