@@ -98,7 +98,7 @@ fn main() {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUSTLOOP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("rustloop=info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("rustloop=warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -3,7 +3,7 @@
 //!
 //! Frame format on stdout: `\0RLP\0<decimal length>\n<JSON>\n`; the evaluation process's output
 //! pump recognises the marker anywhere in the byte stream. Control lines from the kernel:
-//! `interrupt <run>`, `input_ok <hex>`, `input_err <hex>`, `tasks`.
+//! `interrupt <run>`, `input_ok <hex>`, `input_err <hex>`, `label <run> <hex>`, `tasks`.
 
 use crate::json;
 use std::io::{BufRead, BufReader, Write};
@@ -90,6 +90,13 @@ fn serve(stream: UnixStream) {
                 };
                 if let Some(waiter) = control().pending_input.lock().unwrap().take() {
                     let _ = waiter.send(reply);
+                }
+            }
+            "label" => {
+                if let Some((run, label)) = argument.split_once(' ')
+                    && let (Ok(run), Some(label)) = (run.parse(), json::unhex(label))
+                {
+                    crate::tasks::set_label(run, label);
                 }
             }
             "tasks" => {

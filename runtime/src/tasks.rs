@@ -8,17 +8,40 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 /// One live task.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TaskInfo {
     /// tokio's task id.
     pub id: String,
+    /// The notebook cell the task descends from, as the notebook shows it (e.g. `[5]`).
+    pub cell: Option<String>,
     /// The cell run (as numbered by the evaluation process) the task descends from.
     pub run: u64,
-    /// Where in the generated cell source `spawn` was called.
+    /// Where `spawn` was called, in the source rustloop generated for the cell.
     pub spawned_at: String,
     /// Seconds since the task was spawned.
     pub age_secs: f64,
     started: Instant,
+}
+
+impl std::fmt::Debug for TaskInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskInfo")
+            .field("id", &self.id)
+            .field("cell", &self.cell)
+            .field("age_secs", &self.age_secs)
+            .finish()
+    }
+}
+
+static LABELS: Mutex<Option<HashMap<u64, String>>> = Mutex::new(None);
+
+/// Records how the notebook labels a run (sent by the kernel when the run starts).
+pub(crate) fn set_label(run: u64, label: String) {
+    LABELS
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashMap::new)
+        .insert(run, label);
 }
 
 impl TaskInfo {
@@ -44,6 +67,7 @@ pub(crate) fn install_hooks(builder: &mut tokio::runtime::Builder) {
             let location = meta.spawned_at();
             let info = TaskInfo {
                 id: meta.id().to_string(),
+                cell: None,
                 run,
                 spawned_at: format!("{}:{}", location.file(), location.line()),
                 age_secs: 0.0,
@@ -78,8 +102,10 @@ pub(crate) fn live() -> Vec<TaskInfo> {
         .as_ref()
         .map(|map| map.values().cloned().collect())
         .unwrap_or_default();
+    let labels = LABELS.lock().unwrap();
     for task in &mut tasks {
         task.age_secs = task.started.elapsed().as_secs_f64();
+        task.cell = labels.as_ref().and_then(|l| l.get(&task.run).cloned());
     }
     tasks.sort_by_key(|t| t.started);
     tasks

@@ -75,6 +75,13 @@ fn friendly_message(error: &evcxr::CompilationError) -> String {
                 derive `Debug`)"
             .to_owned();
     }
+    if message.contains("the `!` type is experimental") {
+        return "rustloop could not name the type of a variable this cell defines (it was \
+                inferred as `!`, e.g. a task that only panics, or a value from a macro such as \
+                `select!`); give the variable an explicit type, e.g. \
+                `let h: tokio::task::JoinHandle<()> = ...;`"
+            .to_owned();
+    }
     message
 }
 

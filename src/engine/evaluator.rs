@@ -57,7 +57,8 @@ impl Engine {
     /// Starts the engine: binds the link, then warms evcxr up on the evaluator thread. Must be
     /// called inside the kernel's tokio runtime.
     pub fn start(sink: EventSink, slot: Slot) -> Result<Engine> {
-        let router = Router::new(sink);
+        let warnings_file = slot.dir.join(".rustloop-warnings.jsonl");
+        let router = Router::new(sink, warnings_file.clone());
         let sink_router = router.clone();
         let link = Arc::new(Link::start(
             Arc::new(move |event| sink_router.handle(event)),
@@ -71,7 +72,7 @@ impl Engine {
             child: Mutex::new(None),
             warm: AtomicBool::new(false),
             cold_cache: !slot.is_warm(),
-            warnings_file: slot.dir.join(".rustloop-warnings.jsonl"),
+            warnings_file,
             _link: link.clone(),
         });
         let thread_inner = inner.clone();
@@ -404,6 +405,7 @@ fn run_cell(inner: &Inner, context: &mut CommandContext, execute: Execute) -> Ou
         *router.state.lock().unwrap() = CellState {
             executing: Some(execute.id),
             label: execute.label.clone(),
+            code: execute.code.clone(),
             allow_stdin: execute.allow_stdin,
             ..CellState::default()
         };
@@ -473,13 +475,6 @@ fn evaluate(
     let result = context.execute_with_callbacks(&prepared.code, &mut callbacks);
     if let Ok(outputs) = &result {
         tracing::debug!("phases: {:?}", outputs.phases);
-    }
-    let warnings = super::warnings::render(&inner.warnings_file, &execute.code);
-    if !warnings.is_empty() {
-        router.emit(Output::Stream {
-            stderr: true,
-            text: warnings,
-        });
     }
     let state = {
         let mut state = router.state.lock().unwrap();
@@ -640,18 +635,17 @@ fn show_tasks(router: &Router) {
                 "No live tasks.\n".to_owned()
             } else {
                 let mut text = format!("{} live task(s):\n", tasks.len());
-                text.push_str("  task   cell    age        spawned at\n");
+                text.push_str("  task   cell    age\n");
                 for task in tasks {
                     let cell = task["run"]
                         .as_u64()
                         .and_then(|run| router.label_of_run(run))
                         .unwrap_or_else(|| "?".to_owned());
                     text.push_str(&format!(
-                        "  {:<6} {:<7} {:<10} {}\n",
+                        "  {:<6} {:<7} {:.1}s\n",
                         task["id"].as_str().unwrap_or("?"),
                         cell,
-                        format!("{:.1}s", task["age_secs"].as_f64().unwrap_or(0.0)),
-                        task["spawned_at"].as_str().unwrap_or("?"),
+                        task["age_secs"].as_f64().unwrap_or(0.0),
                     ));
                 }
                 text

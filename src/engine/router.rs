@@ -32,6 +32,8 @@ pub enum InputWaiter {
 pub struct CellState {
     pub executing: Option<ExecId>,
     pub label: String,
+    /// The cell's source, to show compiler warnings against.
+    pub code: String,
     pub allow_stdin: bool,
     /// While evaluating `user_expressions`: results are captured, not shown.
     pub capture: Option<Map<String, Value>>,
@@ -61,13 +63,15 @@ pub struct Router {
     /// Cell label per evaluation-process run, for messages about background tasks.
     labels: Mutex<HashMap<u64, String>>,
     link: OnceLock<Arc<Link>>,
+    /// Where the rustc wrapper leaves the warnings of the cell being compiled.
+    warnings_file: std::path::PathBuf,
     tasks_reply: Mutex<Option<std::sync::mpsc::Sender<Value>>>,
     carry: Mutex<[Vec<u8>; 2]>,
 }
 
 impl Router {
     /// Must be called inside the kernel's tokio runtime.
-    pub fn new(sink: EventSink) -> Arc<Router> {
+    pub fn new(sink: EventSink, warnings_file: std::path::PathBuf) -> Arc<Router> {
         Arc::new(Router {
             sink,
             warming: std::sync::atomic::AtomicBool::new(true),
@@ -75,6 +79,7 @@ impl Router {
             state: Mutex::new(CellState::default()),
             labels: Mutex::new(HashMap::new()),
             link: OnceLock::new(),
+            warnings_file,
             tasks_reply: Mutex::new(None),
             carry: Mutex::new([Vec::new(), Vec::new()]),
         })
@@ -182,8 +187,18 @@ impl Router {
                 if state.executing.is_some() {
                     state.run = Some(run);
                     self.labels.lock().unwrap().insert(run, state.label.clone());
+                    self.command(format!("label {run} {}", hex::encode(&state.label)));
                     if state.interrupt_requested && state.interrupt_delivered_at.is_none() {
                         self.deliver_interrupt(&mut state, run);
+                    }
+                    // The cell compiled: its warnings come before anything it prints.
+                    let warnings = super::warnings::render(&self.warnings_file, &state.code);
+                    drop(state);
+                    if !warnings.is_empty() {
+                        self.emit(Output::Stream {
+                            stderr: true,
+                            text: warnings,
+                        });
                     }
                 }
             }
@@ -204,6 +219,8 @@ impl Router {
                     return;
                 }
                 drop(state);
+                let mut data = data;
+                ensure_plain(&mut data);
                 self.emit(Output::Display {
                     data,
                     metadata,
@@ -236,7 +253,8 @@ impl Router {
                         (_, result) => result,
                     }
                 };
-                if let Some((data, metadata)) = result {
+                if let Some((mut data, metadata)) = result {
+                    ensure_plain(&mut data);
                     self.emit(Output::Result { data, metadata });
                 }
             }
@@ -314,4 +332,15 @@ impl Router {
             other => tracing::debug!("unknown runtime message {other:?}"),
         }
     }
+}
+
+/// Every bundle carries `text/plain` (the spec's fallback for clients that show nothing
+/// else); `evcxr_display` implementations often send only HTML.
+fn ensure_plain(data: &mut Map<String, Value>) {
+    if data.contains_key("text/plain") || data.is_empty() {
+        return;
+    }
+    let kinds: Vec<&str> = data.keys().map(String::as_str).collect();
+    let plain = format!("<{}>", kinds.join(", "));
+    data.insert("text/plain".to_owned(), Value::String(plain));
 }
