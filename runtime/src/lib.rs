@@ -135,6 +135,19 @@ pub fn __result_end() {
 pub mod __private {
     use crate::display::{Rich, emit_display};
 
+    /// `!` spelled so stable Rust accepts it in a type: rust-analyzer infers `!` for values such
+    /// as the handle of a task that never returns, and evcxr writes that type out to keep the
+    /// variable between cells. rustloop rewrites those `!` to `Never`.
+    pub type Never = <fn() -> ! as HasOutput>::Output;
+
+    pub trait HasOutput {
+        type Output;
+    }
+
+    impl<T> HasOutput for fn() -> T {
+        type Output = T;
+    }
+
     pub trait RichResult {
         fn evcxr_display(&self);
     }

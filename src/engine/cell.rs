@@ -338,6 +338,35 @@ fn render_inner(
     out
 }
 
+/// rust-analyzer cannot expand some macros (tokio's `select!` uses a proc macro), so evcxr
+/// may store a variable bound from one under a wrong type. Given the type rustc found, writes
+/// it into the cell's one untyped `let x = some_macro!(...)`; `None` if there is not exactly one.
+pub fn annotate_macro_let(cell: &str, ty: &str) -> Option<String> {
+    let (commands_end, _, _) = split_commands(cell);
+    let rust = &cell[commands_end..];
+    let (_file, body) = parse_body(rust);
+    let lets: Vec<ast::LetStmt> = body?
+        .statements()
+        .filter_map(|stmt| match stmt {
+            ast::Stmt::LetStmt(l) => Some(l),
+            _ => None,
+        })
+        .filter(|l| {
+            l.ty().is_none()
+                && matches!(l.pat(), Some(ast::Pat::IdentPat(_)))
+                && matches!(l.initializer(), Some(ast::Expr::MacroExpr(_)))
+        })
+        .collect();
+    let [only] = lets.as_slice() else {
+        return None;
+    };
+    let at = usize::from(only.pat()?.syntax().text_range().end()) - WRAP_PREFIX.len();
+    let mut out = cell[..commands_end + at].to_owned();
+    out.push_str(&format!(": {ty}"));
+    out.push_str(&rust[at..]);
+    Some(out)
+}
+
 /// Whether a cell is complete, for `is_complete_request` (`jupyter console` continues lines
 /// while a cell is incomplete).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -591,6 +620,20 @@ mod tests {
         for cell in ["let x = 1;", "fn f() -> u8 { 1 }", "struct S;"] {
             assert_eq!(code(cell), cell);
         }
+    }
+
+    #[test]
+    fn macro_let_gets_the_found_type() {
+        let cell = "let a = 1;\nlet r = tokio::select! { x = f() => x };\nr";
+        assert_eq!(
+            annotate_macro_let(cell, "&str").unwrap(),
+            "let a = 1;\nlet r: &str = tokio::select! { x = f() => x };\nr"
+        );
+        assert_eq!(annotate_macro_let("let r: u8 = m!();", "u8"), None);
+        assert_eq!(
+            annotate_macro_let("let a = m!(); let b = m!();", "u8"),
+            None
+        );
     }
 
     #[test]

@@ -423,6 +423,20 @@ fn run_cell(inner: &Inner, context: &mut CommandContext, execute: Execute) -> Ou
     let mut outcome = Outcome::default();
     if has_evcxr_work {
         let mut error = evaluate(inner, context, &prepared, &execute);
+        if let Some(annotated) = error
+            .as_ref()
+            .and_then(|(_, state)| state.stored_type_found.as_deref())
+            .and_then(|ty| cell::annotate_macro_let(&execute.code, ty))
+        {
+            // The variable's type was guessed wrong (see `annotate_macro_let`); retry with
+            // the type rustc found.
+            let retry = Execute {
+                code: annotated,
+                ..execute.clone()
+            };
+            begin();
+            error = evaluate(inner, context, &cell::prepare(&retry.code), &retry);
+        }
         if error
             .as_ref()
             .is_some_and(|(_, state)| state.runtime_changed)
@@ -476,7 +490,7 @@ fn evaluate(
     if let Ok(outputs) = &result {
         tracing::debug!("phases: {:?}", outputs.phases);
     }
-    let state = {
+    let mut state = {
         let mut state = router.state.lock().unwrap();
         let executing = state.executing;
         let taken = std::mem::take(&mut *state);
@@ -505,11 +519,14 @@ fn evaluate(
             }
             judge_run(&state, &execute.label)
         }
-        Err(evcxr::Error::CompilationErrors(errors)) => Some(if state.interrupt_requested {
-            interrupted_while_compiling()
-        } else {
-            errors::compile_errors(&errors, prepared, &execute.code)
-        }),
+        Err(evcxr::Error::CompilationErrors(errors)) => {
+            state.stored_type_found = errors::stored_type_mismatch(&errors);
+            Some(if state.interrupt_requested {
+                interrupted_while_compiling()
+            } else {
+                errors::compile_errors(&errors, prepared, &execute.code)
+            })
+        }
         Err(evcxr::Error::SubprocessTerminated(message)) => {
             Some(evaluator_died(&state, &message, &variables_before))
         }

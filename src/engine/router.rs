@@ -49,6 +49,8 @@ pub struct CellState {
     pub crash_signal: Option<String>,
     /// The evaluation process stopped because the runtime library was rebuilt.
     pub runtime_changed: bool,
+    /// A compile failed because a kept variable's inferred type was wrong; rustc's type.
+    pub stored_type_found: Option<String>,
     pub input: InputWaiter,
     pub(super) in_result: bool,
     pub(super) result: Option<(Map<String, Value>, Map<String, Value>)>,

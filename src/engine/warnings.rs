@@ -1,4 +1,5 @@
-//! Compiler warnings worth showing under a cell.
+//! Compiler warnings worth showing under a cell, and the one source fix-up rustloop applies
+//! to evcxr's generated code (the never type, see `spell_never_type`).
 //!
 //! evcxr discards the warnings of cells that compile. rustloop runs as cargo's `RUSTC_WRAPPER`
 //! for cell builds: for the cell crate it tees rustc's JSON diagnostics, keeping the warnings of
@@ -45,6 +46,12 @@ pub fn run_if_rustc_wrapper() {
         eprintln!("rustloop: cannot run {}: {error}", rustc.to_string_lossy());
         std::process::exit(2);
     };
+    if let Some(source) = args
+        .iter()
+        .find(|a| a.to_string_lossy().ends_with("src/lib.rs"))
+    {
+        spell_never_type(Path::new(source));
+    }
     let output = match std::process::Command::new(&rustc)
         .args(&args)
         .stdin(std::process::Stdio::inherit())
@@ -61,6 +68,38 @@ pub fn run_if_rustc_wrapper() {
     let _ = std::io::stderr().write_all(&output.stderr);
     keep_warnings(&output.stderr, Path::new(&file));
     std::process::exit(output.status.code().unwrap_or(1));
+}
+
+/// In the type arguments of evcxr's variable-store calls, replaces the never type `!` (which
+/// stable Rust rejects there) with `rustloop::__private::Never`, the same type spelled legally.
+fn spell_never_type(source: &Path) {
+    let Ok(text) = std::fs::read_to_string(source) else {
+        return;
+    };
+    let rewritten = rewrite_never(&text);
+    if rewritten != text {
+        let _ = std::fs::write(source, rewritten);
+    }
+}
+
+fn rewrite_never(text: &str) -> String {
+    const CALL: &str = "_variable::<";
+    const END: &str = ">(stringify!(";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(CALL) {
+        let type_start = start + CALL.len();
+        let Some(len) = rest[type_start..].find(END) else {
+            break;
+        };
+        out.push_str(&rest[..type_start]);
+        out.push_str(
+            &rest[type_start..type_start + len].replace('!', "rustloop::__private::Never"),
+        );
+        rest = &rest[type_start + len..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn keep_warnings(stderr: &[u8], file: &Path) {
@@ -154,6 +193,17 @@ mod tests {
     use super::*;
 
     const DIAGNOSTIC: &str = r#"{"$message_type":"diagnostic","message":"unused implementer of `Future` that must be used","code":{"code":"unused_must_use","explanation":null},"level":"warning","spans":[{"file_name":"src/lib.rs","is_primary":true,"text":[{"text":"    nested();","highlight_start":5,"highlight_end":13}]}],"children":[{"message":"futures do nothing unless you `.await` or poll them","level":"note"},{"message":"`#[warn(unused_must_use)]` on by default","level":"note"}]}"#;
+
+    #[test]
+    fn never_type_is_spelled_legally_in_store_calls_only() {
+        let text = "let x = s.take_variable::<JoinHandle<!>>(stringify!(x));\n\
+                    if a != b { s.put_variable::<Result<!, E>>(stringify!(y), y); }";
+        assert_eq!(
+            rewrite_never(text),
+            "let x = s.take_variable::<JoinHandle<rustloop::__private::Never>>(stringify!(x));\n\
+             if a != b { s.put_variable::<Result<rustloop::__private::Never, E>>(stringify!(y), y); }"
+        );
+    }
 
     #[test]
     fn keeps_only_listed_lints_and_maps_to_cell_lines() {
