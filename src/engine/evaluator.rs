@@ -497,6 +497,11 @@ fn evaluate(
         state.executing = executing;
         taken
     };
+    if let Some(panic) = &mut state.panic
+        && let Ok(source) = context.last_source()
+    {
+        panic.location = cell_location(&panic.location, &source, &execute.code);
+    }
     let error = match result {
         Ok(outputs) => {
             // Output of evcxr's own commands (`:vars`, `:help`, ...).
@@ -537,6 +542,28 @@ fn evaluate(
         }),
     };
     error.map(|e| (e, state))
+}
+
+/// `src/lib.rs:LINE:COL` of the generated source -> `cell line N` when that line of generated
+/// code is one of the cell's own lines (it usually is: user lines are copied verbatim).
+fn cell_location(location: &str, generated: &str, cell: &str) -> String {
+    let mut parts = location.rsplitn(3, ':');
+    let (Some(_col), Some(line), Some(file)) = (parts.next(), parts.next(), parts.next()) else {
+        return location.to_owned();
+    };
+    let Some(text) = line
+        .parse::<usize>()
+        .ok()
+        .filter(|_| file.ends_with("src/lib.rs"))
+        .and_then(|n| generated.lines().nth(n.saturating_sub(1)))
+    else {
+        return location.to_owned();
+    };
+    let text = text.trim();
+    match cell.lines().position(|l| !text.is_empty() && l.trim() == text) {
+        Some(i) => format!("cell line {}", i + 1),
+        None => "code rustloop generated for this cell".to_owned(),
+    }
 }
 
 /// The verdict on a cell that compiled and ran (or started to).
@@ -820,6 +847,17 @@ mod tests {
         assert_eq!(char_to_byte(text, 5), 6);
         assert_eq!(byte_to_char(text, 6), 5);
         assert_eq!(char_to_byte(text, 100), text.len());
+    }
+
+    #[test]
+    fn panic_locations_point_at_cell_lines() {
+        let generated = "fn run() {\nlet v = vec![1];\nlet y = v[5];\n}";
+        let cell = "let v = vec![1];\nlet y = v[5];";
+        assert_eq!(cell_location("src/lib.rs:3:9", generated, cell), "cell line 2");
+        assert_eq!(
+            cell_location("/home/x/.cargo/registry/src/a.rs:3:9", generated, cell),
+            "/home/x/.cargo/registry/src/a.rs:3:9"
+        );
     }
 
     #[test]
