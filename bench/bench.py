@@ -121,7 +121,9 @@ def measure(name, runs, needs_tokio_dep):
         seconds, _, _ = s.run(AWAIT_CELL)
         figures["first_await_idle"].append(elapsed + seconds)
         s.close()
-    return {k: statistics.median(v) for k, v in figures.items() if v}
+    medians = {k: statistics.median(v) for k, v in figures.items() if v}
+    medians["lines_per_sec"] = 20000 / medians["lines_20k"]
+    return medians
 
 
 def main():
@@ -133,14 +135,17 @@ def main():
     evcxr = evcxr_spec()
     if evcxr:
         results["evcxr"] = measure(evcxr, args.runs, needs_tokio_dep=True)
-    units = {"lines_20k_msgs": "msgs"}
-    print(f"{'figure':<18} {'rustloop':>12} {'evcxr_jupyter':>14} {'ratio':>7}")
+    units = {"lines_20k_msgs": "msgs", "lines_per_sec": "lines/s"}
+    print(f"{'figure':<18} {'rustloop':>16} {'evcxr_jupyter':>16} {'ratio':>7}")
     for key, value in results["rustloop"].items():
         unit = units.get(key, "s")
         other = results.get("evcxr", {}).get(key)
-        fmt = (lambda v: f"{v:.0f} {unit}") if unit == "msgs" else (lambda v: f"{v:.3f} {unit}")
+        if unit == "s":
+            fmt = lambda v, unit=unit: f"{v:.3f} {unit}"  # noqa: E731
+        else:
+            fmt = lambda v, unit=unit: f"{v:.0f} {unit}"  # noqa: E731
         ratio = f"{value / other:.2f}" if other else "-"
-        print(f"{key:<18} {fmt(value):>12} {fmt(other) if other else 'not installed':>14} "
+        print(f"{key:<18} {fmt(value):>16} {fmt(other) if other else 'not installed':>16} "
               f"{ratio:>7}")
 
 
