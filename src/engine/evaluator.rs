@@ -50,7 +50,7 @@ struct Inner {
     warm: AtomicBool,
     cold_cache: bool,
     warnings_file: std::path::PathBuf,
-    _link: Arc<Link>,
+    link: Arc<Link>,
 }
 
 impl Engine {
@@ -73,7 +73,7 @@ impl Engine {
             warm: AtomicBool::new(false),
             cold_cache: !slot.is_warm(),
             warnings_file,
-            _link: link.clone(),
+            link: link.clone(),
         });
         let thread_inner = inner.clone();
         let link_path = link.path().to_owned();
@@ -211,6 +211,7 @@ impl Engine {
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.inner.link.remove();
     }
 }
 
@@ -560,7 +561,10 @@ fn cell_location(location: &str, generated: &str, cell: &str) -> String {
         return location.to_owned();
     };
     let text = text.trim();
-    match cell.lines().position(|l| !text.is_empty() && l.trim() == text) {
+    match cell
+        .lines()
+        .position(|l| !text.is_empty() && l.trim() == text)
+    {
         Some(i) => format!("cell line {}", i + 1),
         None => "code rustloop generated for this cell".to_owned(),
     }
@@ -853,7 +857,10 @@ mod tests {
     fn panic_locations_point_at_cell_lines() {
         let generated = "fn run() {\nlet v = vec![1];\nlet y = v[5];\n}";
         let cell = "let v = vec![1];\nlet y = v[5];";
-        assert_eq!(cell_location("src/lib.rs:3:9", generated, cell), "cell line 2");
+        assert_eq!(
+            cell_location("src/lib.rs:3:9", generated, cell),
+            "cell line 2"
+        );
         assert_eq!(
             cell_location("/home/x/.cargo/registry/src/a.rs:3:9", generated, cell),
             "/home/x/.cargo/registry/src/a.rs:3:9"

@@ -111,6 +111,12 @@ impl Link {
         &self.path
     }
 
+    /// Removes the socket's directory (the process is about to exit without running
+    /// destructors).
+    pub fn remove(&self) {
+        let _ = std::fs::remove_dir_all(&self._dir.0);
+    }
+
     /// Sends a command line to the runtime crate in the evaluation process. Silently does
     /// nothing if the runtime has not connected yet (no cell has run: nothing to command).
     pub async fn command(&self, mut line: String) {
