@@ -60,10 +60,9 @@ impl Engine {
         let warnings_file = slot.dir.join(".rustloop-warnings.jsonl");
         let router = Router::new(sink, warnings_file.clone());
         let sink_router = router.clone();
-        let link = Arc::new(Link::start(
-            Arc::new(move |event| sink_router.handle(event)),
-            Arc::new(|| {}),
-        )?);
+        let link = Arc::new(Link::start(Arc::new(move |event| {
+            sink_router.handle(event)
+        }))?);
         router.set_link(link.clone());
         let (tx, rx) = mpsc::channel();
         let inner = Arc::new(Inner {

@@ -77,13 +77,13 @@ impl Drop for TempDirGuard {
     }
 }
 
-/// Called for every data frame, in order, on the link's task. The callback for `CellEnd`
-/// returns once the kernel has taken the cell's output; the acknowledgement is sent after it.
+/// Called for every data frame, in order, on the link's task. A `CellEnd` frame is
+/// acknowledged once every frame before it has been handed to the sink.
 pub type Sink = Arc<dyn Fn(LinkEvent) + Send + Sync>;
 
 impl Link {
     /// Binds the socket in a fresh private directory and starts accepting connections.
-    pub fn start(sink: Sink, on_cell_end: Arc<dyn Fn() + Send + Sync>) -> Result<Link> {
+    pub fn start(sink: Sink) -> Result<Link> {
         let base = std::env::var_os("XDG_RUNTIME_DIR")
             .map(PathBuf::from)
             .filter(|p| p.is_dir())
@@ -99,7 +99,7 @@ impl Link {
         let path = dir.join("link.sock");
         let listener = UnixListener::bind(&path)?;
         let control = Arc::new(tokio::sync::Mutex::new(None));
-        tokio::spawn(accept_loop(listener, sink, on_cell_end, control.clone()));
+        tokio::spawn(accept_loop(listener, sink, control.clone()));
         Ok(Link {
             path,
             _dir: TempDirGuard(dir),
@@ -133,7 +133,6 @@ impl Link {
 async fn accept_loop(
     listener: UnixListener,
     sink: Sink,
-    on_cell_end: Arc<dyn Fn() + Send + Sync>,
     control: Arc<tokio::sync::Mutex<Option<tokio::net::unix::OwnedWriteHalf>>>,
 ) {
     // The newest evaluation process wins; a restarted evaluator connects afresh.
@@ -143,7 +142,6 @@ async fn accept_loop(
             continue;
         };
         let sink = sink.clone();
-        let on_cell_end = on_cell_end.clone();
         let control = control.clone();
         let newest_pid = newest_pid.clone();
         tokio::spawn(async move {
@@ -157,7 +155,7 @@ async fn accept_loop(
             if hello.starts_with(HELLO_DATA) {
                 *newest_pid.lock().unwrap() = pid;
                 tracing::debug!(pid, "evaluation process connected");
-                serve_data(read, write, sink, on_cell_end).await;
+                serve_data(read, write, sink).await;
             } else if hello.starts_with(HELLO_CONTROL) && *newest_pid.lock().unwrap() == pid {
                 *control.lock().await = Some(write);
             }
@@ -169,7 +167,6 @@ async fn serve_data(
     mut read: BufReader<tokio::net::unix::OwnedReadHalf>,
     mut write: tokio::net::unix::OwnedWriteHalf,
     sink: Sink,
-    on_cell_end: Arc<dyn Fn() + Send + Sync>,
 ) {
     let mut header = [0u8; 5];
     loop {
@@ -189,7 +186,7 @@ async fn serve_data(
                 Err(e) => tracing::warn!("bad runtime frame: {e}"),
             },
             Some(Frame::CellEnd) => {
-                on_cell_end();
+                // Every earlier frame has been handed to the sink: let the cell finish.
                 if write.write_all(b"k").await.is_err() {
                     break;
                 }
