@@ -306,6 +306,22 @@ impl Kernel {
             .await;
             return false;
         };
+        if matches!(code.trim(), "exit" | "quit" | ":quit") {
+            // Ask the frontend to close (jupyter console does); evcxr's own `:quit` would end
+            // the kernel process instead.
+            self.reply(
+                request,
+                "execute_reply",
+                json!({
+                    "status": "ok",
+                    "execution_count": self.execution_count,
+                    "user_expressions": {},
+                    "payload": [{"source": "ask_exit", "keepkernel": false}],
+                }),
+            )
+            .await;
+            return false;
+        }
         let silent = content["silent"].as_bool().unwrap_or(false);
         let store_history = !silent && content["store_history"].as_bool().unwrap_or(true);
         let stop_on_error = content["stop_on_error"].as_bool().unwrap_or(true);
