@@ -257,8 +257,23 @@ fn at_top_level(node: &SyntaxNode, body: &SyntaxNode) -> bool {
     false
 }
 
+/// Items, and brace-delimited macro calls (`thread_local! { ... }`), which conventionally
+/// define things rather than produce a value to show (`select! { ... }` does produce one).
 fn is_item_like(node: &SyntaxNode) -> bool {
+    let macro_call = ast::MacroExpr::cast(node.clone())
+        .and_then(|m| m.macro_call())
+        .map(|c| c.syntax().clone());
     ast::Item::can_cast(node.kind())
+        || (is_brace_macro(node) && !macro_call.is_some_and(|call| is_target(&call)))
+}
+
+fn is_brace_macro(node: &SyntaxNode) -> bool {
+    let call = ast::MacroExpr::cast(node.clone())
+        .and_then(|m| m.macro_call())
+        .or_else(|| ast::MacroCall::cast(node.clone()));
+    call.and_then(|c| c.token_tree())
+        .and_then(|tt| tt.l_curly_token())
+        .is_some()
 }
 
 fn outermost(targets: &[SyntaxNode]) -> Vec<SyntaxNode> {
@@ -336,6 +351,81 @@ fn render_inner(
         out.push(Piece::Original(cursor..range.end));
     }
     out
+}
+
+/// A cell the fast lane can run without evcxr: definitions, and statements that leave nothing
+/// behind for later cells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FastParts {
+    /// Items (`fn`, `struct`, `use`, ...), each as written.
+    pub items: Vec<String>,
+    /// The rewritten statements, one per line group, in order.
+    pub body: String,
+}
+
+/// Splits a prepared cell for the fast lane, or `None` if only evcxr can run it: a `let` at
+/// the top level (a variable to keep), a command line, a `static` or item macro (state or
+/// definitions evcxr must own), `?` or `return` at the top level (evcxr's early-exit rules),
+/// or a syntax error (evcxr reports it best).
+pub fn fast_lane_parts(prepared: &Prepared) -> Option<FastParts> {
+    if !prepared.own_commands.is_empty() {
+        return None;
+    }
+    let (commands, rust) = prepared.code.split_at(prepared.map.rust_start);
+    if commands
+        .lines()
+        .any(|l| !l.trim().is_empty() && !l.starts_with("//"))
+    {
+        return None;
+    }
+    let wrapped = format!("{WRAP_PREFIX}{rust}\n}}");
+    let parse = SourceFile::parse(&wrapped, Edition::Edition2024);
+    if !parse.errors().is_empty() {
+        return None;
+    }
+    let (_file, body) = parse_body(rust);
+    let body = body?;
+    if body.tail_expr().is_some() {
+        return None;
+    }
+    let mut parts = FastParts {
+        items: Vec::new(),
+        body: String::new(),
+    };
+    for statement in body.statements() {
+        match statement {
+            ast::Stmt::LetStmt(_) => return None,
+            ast::Stmt::Item(item) => match item {
+                ast::Item::Fn(_)
+                | ast::Item::Struct(_)
+                | ast::Item::Enum(_)
+                | ast::Item::Union(_)
+                | ast::Item::Impl(_)
+                | ast::Item::Trait(_)
+                | ast::Item::TypeAlias(_)
+                | ast::Item::Use(_)
+                | ast::Item::Const(_)
+                | ast::Item::Module(_)
+                | ast::Item::MacroRules(_) => parts.items.push(item.syntax().to_string()),
+                _ => return None,
+            },
+            ast::Stmt::ExprStmt(expr) => {
+                if expr.expr().is_some_and(|e| is_brace_macro(e.syntax())) {
+                    return None;
+                }
+                let exits_early = expr.syntax().descendants().any(|node| {
+                    (ast::TryExpr::can_cast(node.kind()) || ast::ReturnExpr::can_cast(node.kind()))
+                        && at_top_level(&node, body.syntax())
+                });
+                if exits_early {
+                    return None;
+                }
+                parts.body.push_str(&expr.syntax().to_string());
+                parts.body.push('\n');
+            }
+        }
+    }
+    Some(parts)
 }
 
 /// rust-analyzer cannot expand some macros (tokio's `select!` uses a proc macro), so evcxr
@@ -619,6 +709,63 @@ mod tests {
     fn statements_and_items_only_have_no_result() {
         for cell in ["let x = 1;", "fn f() -> u8 { 1 }", "struct S;"] {
             assert_eq!(code(cell), cell);
+        }
+    }
+
+    #[test]
+    fn fast_lane_takes_definitions_and_statements_only() {
+        let parts = fast_lane_parts(&prepare(
+            "use std::time::Duration;\n#[derive(Debug)]\nstruct P(u8);\nasync fn f() -> u8 { 1 }\n\
+             println!(\"start\");\ntokio::time::sleep(Duration::from_millis(1)).await;\nf().await",
+        ))
+        .expect("eligible");
+        assert_eq!(
+            parts.items,
+            [
+                "use std::time::Duration;",
+                "#[derive(Debug)]\nstruct P(u8);",
+                "async fn f() -> u8 { 1 }"
+            ]
+        );
+        assert!(
+            parts.body.starts_with("println!(\"start\");\n"),
+            "{}",
+            parts.body
+        );
+        assert!(
+            parts.body.contains("rustloop::__await(tokio::time::sleep("),
+            "{}",
+            parts.body
+        );
+        assert!(
+            parts.body.contains("rustloop::__result_end();"),
+            "{}",
+            parts.body
+        );
+        // `?` and `return` inside functions and async blocks are fine.
+        assert!(
+            fast_lane_parts(&prepare(
+                "fn g() -> Option<u8> { Some(1)? ; None }\nlet _ = 1;"
+            ))
+            .is_none()
+        );
+        assert!(
+            fast_lane_parts(&prepare(
+                "fn g() -> Option<u8> { Some(1)?; None }\nasync { Some(2)? ; Some(3) }.await;"
+            ))
+            .is_some()
+        );
+        for cell in [
+            "let x = 1;",
+            ":dep rand\nrand::random::<u8>();",
+            ":tasks",
+            "static N: u8 = 1;",
+            "thread_local! { static T: u8 = 1; }",
+            "std::fs::read(\"x\")?;",
+            "if true { return; }",
+            "fn broken( {",
+        ] {
+            assert_eq!(fast_lane_parts(&prepare(cell)), None, "{cell}");
         }
     }
 

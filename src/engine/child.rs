@@ -9,7 +9,7 @@
 //! protocol lines on to evcxr. Before telling evcxr a cell finished, the pump makes sure the
 //! kernel has received everything the cell printed.
 
-use super::link::{Frame, HELLO_DATA, MARKER, write_frame};
+use super::link::{Frame, HELLO_DATA, HELLO_FAST, MARKER, write_frame};
 use std::io::{BufRead, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -80,71 +80,195 @@ fn main_loop(link: &std::path::Path) -> std::io::Result<()> {
         .spawn(move || pump.run())?;
     install_crash_handlers();
 
+    // Cells compiled by the kernel's fast lane (while evcxr warms up) arrive on their own
+    // connection; evcxr's commands arrive on stdin. Both run here, one at a time.
+    let mut fast = UnixStream::connect(link).ok().and_then(|mut stream| {
+        stream
+            .write_all(format!("{HELLO_FAST}{}\n", std::process::id()).as_bytes())
+            .ok()?;
+        Some(std::io::BufReader::new(stream))
+    });
+
     // The runtime crate's hooks are looked up in each cell's library (its dependencies are
     // searched too), so this loop works before and after the runtime is first loaded.
-    let mut libraries: Vec<libloading::Library> = Vec::new();
-    let mut store: *mut std::ffi::c_void = std::ptr::null_mut();
-    let mut run: u64 = 0;
-    let runtime_library = std::env::var_os(RUNTIME_LIBRARY_ENV).map(std::path::PathBuf::from);
-    let mut loaded_runtime: Option<(u64, u64)> = None;
+    let mut cells = Cells {
+        libraries: Vec::new(),
+        store: std::ptr::null_mut(),
+        run: 0,
+        runtime_library: std::env::var_os(RUNTIME_LIBRARY_ENV).map(std::path::PathBuf::from),
+        loaded_runtime: None,
+    };
     let stdin = std::io::stdin();
-    for line in stdin.lock().lines() {
-        let line = line?;
-        let mut parts = line.splitn(3, ' ');
-        let (Some("LOAD_AND_RUN"), Some(path), Some(function)) =
-            (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(std::io::Error::other(format!(
-                "unrecognised command {line:?}"
-            )));
-        };
-        run += 1;
+    loop {
+        match next_command(&mut fast)? {
+            Command::Eof => break,
+            Command::Fast(path) => {
+                let outcome = match cells.run(&path, CellKind::Fast) {
+                    Ok(panicked) => format!("\"panicked\":{panicked}"),
+                    Err(e) => format!("\"error\":{}", serde_json::Value::from(e.to_string())),
+                };
+                // After everything the cell printed to fd 1; the pump collects fd 2 first.
+                raw_frame(&format!("{{\"t\":\"fast_end\",{outcome}}}"));
+            }
+            Command::Evcxr => {
+                let mut line = String::new();
+                if stdin.lock().read_line(&mut line)? == 0 {
+                    break;
+                }
+                let line = line.trim_end_matches('\n');
+                let mut parts = line.splitn(3, ' ');
+                let (Some("LOAD_AND_RUN"), Some(path), Some(function)) =
+                    (parts.next(), parts.next(), parts.next())
+                else {
+                    return Err(std::io::Error::other(format!(
+                        "unrecognised command {line:?}"
+                    )));
+                };
+                cells.run(path, CellKind::Evcxr(function))?;
+                // Printed through our own stdout pipe, so the pump sees it after all the
+                // cell's output.
+                raw_write(1, b"EVCXR_EXECUTION_COMPLETE\n");
+            }
+        }
+    }
+    for library in cells.libraries {
+        std::mem::forget(library);
+    }
+    Ok(())
+}
+
+enum Command {
+    /// A line is waiting on stdin (evcxr's `LOAD_AND_RUN`).
+    Evcxr,
+    /// A fast-lane cell: the library to load.
+    Fast(String),
+    Eof,
+}
+
+/// Waits until evcxr or the fast lane has something. stdin is only peeked at (poll), never
+/// read ahead, because a cell may read it itself (evcxr's input protocol).
+fn next_command(fast: &mut Option<std::io::BufReader<UnixStream>>) -> std::io::Result<Command> {
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: 0,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: fast.as_ref().map_or(-1, |f| f.get_ref().as_raw_fd()),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: poll over valid descriptors (a negative fd is ignored).
+        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
+            continue;
+        }
+        if fds[1].revents != 0
+            && let Some(reader) = fast.as_mut()
+        {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(n) if n > 0 => {
+                    if let Some(path) = line.trim_end().strip_prefix("run ") {
+                        return Ok(Command::Fast(path.to_owned()));
+                    }
+                }
+                _ => *fast = None,
+            }
+            continue;
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            return Ok(Command::Evcxr);
+        }
+        if fds[0].revents != 0 {
+            return Ok(Command::Eof);
+        }
+    }
+}
+
+enum CellKind<'a> {
+    /// evcxr's cell function: takes and returns its variable store.
+    Evcxr(&'a str),
+    /// The fast lane's `rustloop_fast_cell`: returns whether the cell panicked.
+    Fast,
+}
+
+/// The libraries loaded so far and evcxr's variable store.
+struct Cells {
+    libraries: Vec<libloading::Library>,
+    store: *mut std::ffi::c_void,
+    run: u64,
+    runtime_library: Option<std::path::PathBuf>,
+    loaded_runtime: Option<(u64, u64)>,
+}
+
+impl Cells {
+    /// Loads and runs one cell; for a fast-lane cell, whether it panicked.
+    fn run(&mut self, path: &str, kind: CellKind) -> std::io::Result<bool> {
+        self.run += 1;
+        let run = self.run;
         // A `:dep` that changes tokio's (or another shared crate's) version or features makes
         // cargo rebuild the runtime library as a new file. This process still has the old one
-        // mapped, and a cell built against the new one would run against stale code or fail to
-        // load: stop here and let evcxr start a fresh process.
-        if let Some(loaded) = loaded_runtime
-            && file_identity(runtime_library.as_deref()) != Some(loaded)
+        // mapped, and a cell built against the new one would run against stale code or fail
+        // to load: stop here and let evcxr start a fresh process.
+        if let Some(loaded) = self.loaded_runtime
+            && file_identity(self.runtime_library.as_deref()) != Some(loaded)
         {
             raw_frame("{\"t\":\"runtime_changed\"}");
             flush_and_wait(&flush_frame("{\"t\":\"flush\",\"exit\":true}"));
             std::process::exit(EXIT_RUNTIME_CHANGED);
         }
-        // SAFETY: evcxr just compiled this library for us to load; we never unload it (TLS
+        // SAFETY: this library was just compiled for us to load; we never unload it (TLS
         // destructors may point into it).
         let library = unsafe { libloading::Library::new(path) }
             .map_err(|e| std::io::Error::other(format!("loading {path}: {e:?}")))?;
         type CellFn = extern "C" fn(*mut std::ffi::c_void) -> *mut std::ffi::c_void;
+        type FastFn = extern "C" fn() -> i32;
         type HookFn = extern "C" fn(u64);
+        let mut panicked = false;
         unsafe {
-            let cell: libloading::Symbol<CellFn> = library
-                .get(function.as_bytes())
-                .map_err(std::io::Error::other)?;
             let begin: Option<libloading::Symbol<HookFn>> =
                 library.get(b"rustloop_runtime_cell_begin").ok();
             let end: Option<libloading::Symbol<HookFn>> =
                 library.get(b"rustloop_runtime_cell_end").ok();
-            raw_frame(&format!("{{\"t\":\"cell_start\",\"run\":{run}}}"));
-            if let Some(begin) = &begin {
-                begin(run);
+            let fast = matches!(kind, CellKind::Fast);
+            match kind {
+                CellKind::Evcxr(function) => {
+                    let cell: libloading::Symbol<CellFn> = library
+                        .get(function.as_bytes())
+                        .map_err(std::io::Error::other)?;
+                    raw_frame(&format!("{{\"t\":\"cell_start\",\"run\":{run}}}"));
+                    if let Some(begin) = &begin {
+                        begin(run);
+                    }
+                    self.store = cell(self.store);
+                }
+                CellKind::Fast => {
+                    let cell: libloading::Symbol<FastFn> = library
+                        .get(b"rustloop_fast_cell")
+                        .map_err(std::io::Error::other)?;
+                    raw_frame(&format!(
+                        "{{\"t\":\"cell_start\",\"run\":{run},\"fast\":{fast}}}"
+                    ));
+                    if let Some(begin) = &begin {
+                        begin(run);
+                    }
+                    panicked = cell() != 0;
+                }
             }
-            store = cell(store);
             if let Some(end) = &end {
                 end(run);
             }
-            if begin.is_some() && loaded_runtime.is_none() {
+            if begin.is_some() && self.loaded_runtime.is_none() {
                 // The runtime library is mapped now; remember which file it was.
-                loaded_runtime = file_identity(runtime_library.as_deref());
+                self.loaded_runtime = file_identity(self.runtime_library.as_deref());
             }
         }
-        libraries.push(library);
-        // Printed through our own stdout pipe, so the pump sees it after all the cell's output.
-        raw_write(1, b"EVCXR_EXECUTION_COMPLETE\n");
+        self.libraries.push(library);
+        Ok(panicked)
     }
-    for library in libraries {
-        std::mem::forget(library);
-    }
-    Ok(())
 }
 
 fn file_identity(path: Option<&std::path::Path>) -> Option<(u64, u64)> {
@@ -315,6 +439,10 @@ impl Pump {
         }
         let body: Vec<u8> = self.pending[header_end + 1..header_end + 1 + len].to_vec();
         self.pending.drain(..total);
+        if body.starts_with(b"{\"t\":\"fast_end\"") {
+            // A fast-lane cell ended: what it wrote to fd 2 goes first.
+            self.drain_stderr();
+        }
         if body.starts_with(b"{\"t\":\"flush\"") {
             // A crash handler or exit hook wants everything forwarded before the process dies.
             self.drain_stderr();

@@ -6,6 +6,7 @@ use super::cache::Slot;
 use super::cell::{self, OwnCommand};
 use super::child::{LINK_ENV, RUNTIME_LIBRARY_ENV};
 use super::errors::{self, ErrorInfo};
+use super::fast_lane::FastLane;
 use super::link::Link;
 use super::router::{CellState, InputWaiter, Router};
 use super::{Completions, Event, EventSink, Execute, Inspection, Outcome, Output};
@@ -21,6 +22,27 @@ use tokio::sync::oneshot;
 /// How long a cell may keep running after an interrupt reached it before the evaluation
 /// process is restarted (the cell is stuck in code with no `.await` to cancel at).
 pub const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
+
+/// RUSTFLAGS of every cell build: `-Cprefer-dynamic` is evcxr's own flag (we replace
+/// RUSTFLAGS wholesale); `tokio_unstable` enables the task hooks behind `:tasks`.
+pub(super) const CELL_RUSTFLAGS: &str = "-Cprefer-dynamic --cfg tokio_unstable";
+
+/// The dependencies every cell has, as Cargo.toml `name = spec` pairs.
+pub(super) fn cell_dependencies(slot: &Slot) -> [(String, String); 2] {
+    [
+        (
+            "tokio".to_owned(),
+            r#"{ version = "1", features = ["full"] }"#.to_owned(),
+        ),
+        (
+            "rustloop-runtime".to_owned(),
+            format!(
+                "{{ path = {} }}",
+                Value::from(slot.runtime_dir.to_string_lossy().into_owned())
+            ),
+        ),
+    ]
+}
 
 enum Request {
     Execute(Execute),
@@ -51,6 +73,7 @@ struct Inner {
     cold_cache: bool,
     warnings_file: std::path::PathBuf,
     link: Arc<Link>,
+    fast_lane: FastLane,
 }
 
 impl Engine {
@@ -71,6 +94,7 @@ impl Engine {
             child: Mutex::new(None),
             warm: AtomicBool::new(false),
             cold_cache: !slot.is_warm(),
+            fast_lane: FastLane::new(&slot, warnings_file.clone()),
             warnings_file,
             link: link.clone(),
         });
@@ -93,6 +117,43 @@ impl Engine {
                        in about a second)...\n"
                     .to_owned(),
             });
+        }
+        if !self.inner.warm.load(Ordering::SeqCst)
+            && self.inner.fast_lane.is_open()
+            && request.user_expressions.is_empty()
+            && let Some(parts) = cell::fast_lane_parts(&cell::prepare(&request.code))
+        {
+            let inner = self.inner.clone();
+            let fallback = request.clone();
+            let spawned = std::thread::Builder::new()
+                .name("rustloop-fast-lane".into())
+                .spawn(move || {
+                    let id = request.id;
+                    match inner
+                        .fast_lane
+                        .run(&inner.router, &inner.link, &request, parts)
+                    {
+                        Some(outcome) => {
+                            inner.router.flush_carry();
+                            (inner.router.sink())(Event::Finished { id, outcome });
+                        }
+                        None => {
+                            let _ = inner
+                                .requests
+                                .lock()
+                                .unwrap()
+                                .send(Request::Execute(request));
+                        }
+                    }
+                });
+            match spawned {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!("cannot start the fast lane's thread: {e}");
+                    self.send(Request::Execute(fallback));
+                    return;
+                }
+            }
         }
         self.send(Request::Execute(request));
     }
@@ -145,6 +206,8 @@ impl Engine {
         }
         match state.run {
             Some(run) => router.deliver_interrupt(&mut state, run),
+            // The fast lane stops its own build (evcxr may be building its warm-up meanwhile).
+            None if state.fast_lane => {}
             None => {
                 // Still compiling: stop the build. (If the cell starts anyway, the interrupt is
                 // delivered at its `cell_start`.)
@@ -168,6 +231,10 @@ impl Engine {
                     drop(state);
                     if let Some(child) = inner.child.lock().unwrap().as_ref() {
                         let _ = child.lock().unwrap().kill();
+                    } else if let Some(pid) = inner.link.child_pid() {
+                        // A fast-lane cell before evcxr has handed over its process handle.
+                        // SAFETY: signalling the evaluation process we started.
+                        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
                     }
                     return;
                 }
@@ -221,7 +288,16 @@ fn evaluator_main(
     requests: mpsc::Receiver<Request>,
 ) {
     let started = Instant::now();
-    let mut context = match warm_up(&inner, &slot, &link) {
+    let mut warmed = warm_up(&inner, &slot, &link);
+    // Cells that ran meanwhile on the fast lane: wait for one in flight, then evcxr takes over.
+    let definitions = inner.fast_lane.close();
+    if inner.fast_lane.child_died() {
+        // A fast-lane cell crashed the evaluation process under evcxr: start evcxr afresh.
+        tracing::info!("the evaluation process died during the warm-up; starting evcxr again");
+        drop(warmed);
+        warmed = warm_up(&inner, &slot, &link);
+    }
+    let mut context = match warmed {
         Ok(context) => {
             slot.mark_warm();
             tracing::info!("evaluator warm after {:?}", started.elapsed());
@@ -238,6 +314,20 @@ fn evaluator_main(
     };
     inner.router.warming.store(false, Ordering::SeqCst);
     inner.warm.store(true, Ordering::SeqCst);
+    if let Some(context) = context.as_mut()
+        && !definitions.is_empty()
+    {
+        // Definitions only: compiling them runs nothing.
+        if let Err(e) = context.execute(&definitions) {
+            tracing::warn!("definitions from the fast lane: {e}");
+            inner.router.emit(Output::Stream {
+                stderr: true,
+                text: format!(
+                    "rustloop: definitions made while the kernel was starting could not be                      carried over; run those cells again if later cells need them ({e})\n"
+                ),
+            });
+        }
+    }
     let pending = requests.try_recv().ok();
     if let Some(context) = context.as_mut()
         && pending.is_none()
@@ -337,11 +427,9 @@ fn warm_up(inner: &Inner, slot: &Slot, link: &std::path::Path) -> Result<Command
         state
             .set_opt_level("0")
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        // -Cprefer-dynamic is evcxr's own flag (we replace RUSTFLAGS wholesale);
-        // tokio_unstable enables the task hooks behind `:tasks`.
         // `use rustloop as _;` stays in every cell evcxr compiles from now on: it makes each
         // cell link the runtime library, and with it the one shared tokio.
-        state.set_build_env("RUSTFLAGS", "-Cprefer-dynamic --cfg tokio_unstable");
+        state.set_build_env("RUSTFLAGS", CELL_RUSTFLAGS);
         // Run cell builds through this binary to keep the warnings evcxr would drop.
         if let Ok(exe) = std::env::current_exe() {
             state.set_build_env("RUSTC_WRAPPER", &exe.to_string_lossy());
@@ -352,8 +440,9 @@ fn warm_up(inner: &Inner, slot: &Slot, link: &std::path::Path) -> Result<Command
             );
         }
         tracing::info!("warm-up: evcxr started after {:?}", t0.elapsed());
+        let [(tokio, tokio_spec), _runtime] = cell_dependencies(slot);
         state
-            .add_dep("tokio", r#"{ version = "1", features = ["full"] }"#)
+            .add_dep(&tokio, &tokio_spec)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         state
             .add_local_dep(&slot.runtime_dir.to_string_lossy())
@@ -546,7 +635,7 @@ fn evaluate(
 
 /// `src/lib.rs:LINE:COL` of the generated source -> `cell line N` when that line of generated
 /// code is one of the cell's own lines (it usually is: user lines are copied verbatim).
-fn cell_location(location: &str, generated: &str, cell: &str) -> String {
+pub(super) fn cell_location(location: &str, generated: &str, cell: &str) -> String {
     let mut parts = location.rsplitn(3, ':');
     let (Some(_col), Some(line), Some(file)) = (parts.next(), parts.next(), parts.next()) else {
         return location.to_owned();
@@ -570,7 +659,7 @@ fn cell_location(location: &str, generated: &str, cell: &str) -> String {
 }
 
 /// The verdict on a cell that compiled and ran (or started to).
-fn judge_run(state: &CellState, label: &str) -> Option<ErrorInfo> {
+pub(super) fn judge_run(state: &CellState, label: &str) -> Option<ErrorInfo> {
     if state.interrupted_at_await {
         return Some(ErrorInfo::new(
             "KeyboardInterrupt",
@@ -605,7 +694,7 @@ fn judge_run(state: &CellState, label: &str) -> Option<ErrorInfo> {
     None
 }
 
-fn interrupted_while_compiling() -> ErrorInfo {
+pub(super) fn interrupted_while_compiling() -> ErrorInfo {
     ErrorInfo::new(
         "KeyboardInterrupt",
         "interrupted while compiling; the cell did not run and all variables are kept",
@@ -613,7 +702,7 @@ fn interrupted_while_compiling() -> ErrorInfo {
 }
 
 /// The evaluation process ended during the cell; evcxr has already started a new one.
-fn evaluator_died(state: &CellState, message: &str, lost: &[String]) -> ErrorInfo {
+pub(super) fn evaluator_died(state: &CellState, message: &str, lost: &[String]) -> ErrorInfo {
     let lost = if lost.is_empty() {
         "No variables were defined.".to_owned()
     } else {

@@ -3,7 +3,9 @@
 //! - *data* (`D<pid>`): frames of output (stdout/stderr bytes, runtime JSON messages, cell end),
 //!   each cell end acknowledged by the kernel with one byte;
 //! - *control* (`C<pid>`), opened by the runtime crate: newline-delimited JSON commands from the
-//!   kernel (interrupt, input replies, task queries).
+//!   kernel (interrupt, input replies, task queries);
+//! - *fast lane* (`F<pid>`): `run <library>` lines from the kernel for cells compiled outside
+//!   evcxr while it warms up (see `fast_lane`).
 //!
 //! Data frames are `[kind: u8][len: u32 LE][payload]`.
 
@@ -18,6 +20,7 @@ use tokio::net::UnixListener;
 pub const MARKER: &[u8] = b"\0RLP\0";
 pub const HELLO_DATA: &str = "D";
 pub const HELLO_CONTROL: &str = "C";
+pub const HELLO_FAST: &str = "F";
 
 /// Kinds of data frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +70,14 @@ pub struct Link {
     path: PathBuf,
     _dir: TempDirGuard,
     control: Arc<tokio::sync::Mutex<Option<tokio::net::unix::OwnedWriteHalf>>>,
+    newest: Arc<Mutex<Newest>>,
+}
+
+/// The newest evaluation process and its fast-lane connection.
+#[derive(Default)]
+struct Newest {
+    pid: u32,
+    fast: Option<std::os::unix::net::UnixStream>,
 }
 
 struct TempDirGuard(PathBuf);
@@ -99,11 +110,13 @@ impl Link {
         let path = dir.join("link.sock");
         let listener = UnixListener::bind(&path)?;
         let control = Arc::new(tokio::sync::Mutex::new(None));
-        tokio::spawn(accept_loop(listener, sink, control.clone()));
+        let newest = Arc::new(Mutex::new(Newest::default()));
+        tokio::spawn(accept_loop(listener, sink, control.clone(), newest.clone()));
         Ok(Link {
             path,
             _dir: TempDirGuard(dir),
             control,
+            newest,
         })
     }
 
@@ -115,6 +128,28 @@ impl Link {
     /// destructors).
     pub fn remove(&self) {
         let _ = std::fs::remove_dir_all(&self._dir.0);
+    }
+
+    /// The process id of the newest evaluation process, once it has connected.
+    pub fn child_pid(&self) -> Option<u32> {
+        Some(self.newest.lock().unwrap().pid).filter(|&pid| pid != 0)
+    }
+
+    /// Sends a line to the evaluation process's fast-lane connection (blocking, from any
+    /// thread); an error if it has not connected or is gone.
+    pub fn send_fast(&self, line: &str) -> std::io::Result<()> {
+        let mut newest = self.newest.lock().unwrap();
+        let Some(stream) = newest.fast.as_mut() else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "the evaluation process has not connected yet",
+            ));
+        };
+        let result = stream.write_all(format!("{line}\n").as_bytes());
+        if result.is_err() {
+            newest.fast = None;
+        }
+        result
     }
 
     /// Sends a command line to the runtime crate in the evaluation process. Silently does
@@ -134,16 +169,16 @@ async fn accept_loop(
     listener: UnixListener,
     sink: Sink,
     control: Arc<tokio::sync::Mutex<Option<tokio::net::unix::OwnedWriteHalf>>>,
+    newest: Arc<Mutex<Newest>>,
 ) {
     // The newest evaluation process wins; a restarted evaluator connects afresh.
-    let newest_pid = Arc::new(Mutex::new(0u32));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let sink = sink.clone();
         let control = control.clone();
-        let newest_pid = newest_pid.clone();
+        let newest = newest.clone();
         tokio::spawn(async move {
             let (read, write) = stream.into_split();
             let mut read = BufReader::new(read);
@@ -153,11 +188,30 @@ async fn accept_loop(
             }
             let pid: u32 = hello.get(1..).unwrap_or("").trim().parse().unwrap_or(0);
             if hello.starts_with(HELLO_DATA) {
-                *newest_pid.lock().unwrap() = pid;
+                *newest.lock().unwrap() = Newest { pid, fast: None };
                 tracing::debug!(pid, "evaluation process connected");
                 serve_data(read, write, sink).await;
-            } else if hello.starts_with(HELLO_CONTROL) && *newest_pid.lock().unwrap() == pid {
+            } else if hello.starts_with(HELLO_CONTROL) && newest.lock().unwrap().pid == pid {
                 *control.lock().await = Some(write);
+            } else if hello.starts_with(HELLO_FAST) {
+                // Blocking writes from the fast lane's thread; the process never writes back.
+                let stream = read
+                    .into_inner()
+                    .reunite(write)
+                    .ok()
+                    .and_then(|s| s.into_std().ok())
+                    .filter(|s| s.set_nonblocking(false).is_ok());
+                // The data connection's hello may still be in flight on its own task.
+                for _ in 0..200 {
+                    {
+                        let mut newest = newest.lock().unwrap();
+                        if newest.pid == pid {
+                            newest.fast = stream;
+                            return;
+                        }
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
             }
         });
     }

@@ -16,6 +16,7 @@ pub mod cell;
 mod child;
 mod errors;
 mod evaluator;
+mod fast_lane;
 mod link;
 mod router;
 mod warnings;

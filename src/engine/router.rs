@@ -52,14 +52,29 @@ pub struct CellState {
     /// A compile failed because a kept variable's inferred type was wrong; rustc's type.
     pub stored_type_found: Option<String>,
     pub input: InputWaiter,
+    /// The cell runs on the fast lane (compiled by rustloop while evcxr warms up).
+    pub fast_lane: bool,
     pub(super) in_result: bool,
     pub(super) result: Option<(Map<String, Value>, Map<String, Value>)>,
 }
 
+/// How a fast-lane cell ended, as seen on the link.
+#[derive(Debug)]
+pub enum FastEnd {
+    /// It ran; `Err` if its library could not be loaded.
+    Ran(Result<(), String>),
+    /// The evaluation process went away.
+    Died,
+}
+
 pub struct Router {
     sink: EventSink,
-    /// While evcxr warms up, what its probe cells print is not shown to anyone.
+    /// While evcxr warms up, the values its probe cells display are not shown to anyone.
     pub warming: std::sync::atomic::AtomicBool,
+    /// Whether the run that started last is a fast-lane cell (else one of evcxr's).
+    last_run_fast: std::sync::atomic::AtomicBool,
+    /// Who waits for the fast-lane cell in flight.
+    pub fast_waiter: Mutex<Option<std::sync::mpsc::Sender<FastEnd>>>,
     rt: tokio::runtime::Handle,
     pub state: Mutex<CellState>,
     /// Cell label per evaluation-process run, for messages about background tasks.
@@ -77,6 +92,8 @@ impl Router {
         Arc::new(Router {
             sink,
             warming: std::sync::atomic::AtomicBool::new(true),
+            fast_waiter: Mutex::new(None),
+            last_run_fast: std::sync::atomic::AtomicBool::new(false),
             rt: tokio::runtime::Handle::current(),
             state: Mutex::new(CellState::default()),
             labels: Mutex::new(HashMap::new()),
@@ -127,15 +144,26 @@ impl Router {
 
     /// Called once per link event, in order.
     pub fn handle(&self, event: LinkEvent) {
-        if self.warming.load(std::sync::atomic::Ordering::SeqCst) {
-            tracing::debug!("during warm-up: {event:?}");
-            return;
-        }
         match event {
             LinkEvent::Stdout(bytes) => self.stream(false, &bytes),
             LinkEvent::Stderr(bytes) => self.stream(true, &bytes),
-            LinkEvent::Runtime(message) => self.runtime(message),
-            LinkEvent::Closed => self.flush_carry(),
+            LinkEvent::Runtime(message) => {
+                if message["t"] == "content"
+                    && self.warming.load(std::sync::atomic::Ordering::SeqCst)
+                    && !self.last_run_fast.load(std::sync::atomic::Ordering::SeqCst)
+                {
+                    // The value of evcxr's start-up probe (`42`).
+                    tracing::debug!("during warm-up: {message}");
+                    return;
+                }
+                self.runtime(message)
+            }
+            LinkEvent::Closed => {
+                self.flush_carry();
+                if let Some(waiter) = self.fast_waiter.lock().unwrap().take() {
+                    let _ = waiter.send(FastEnd::Died);
+                }
+            }
         }
     }
 
@@ -185,8 +213,12 @@ impl Router {
         match kind {
             "cell_start" => {
                 let run = message["run"].as_u64().unwrap_or(0);
+                let fast = message["fast"].as_bool().unwrap_or(false);
+                self.last_run_fast
+                    .store(fast, std::sync::atomic::Ordering::SeqCst);
                 let mut state = self.state.lock().unwrap();
-                if state.executing.is_some() {
+                // While a fast-lane cell is current, evcxr's warm-up runs are not it.
+                if state.executing.is_some() && state.fast_lane == fast {
                     state.run = Some(run);
                     self.labels.lock().unwrap().insert(run, state.label.clone());
                     self.command(format!("label {run} {}", hex::encode(&state.label)));
@@ -315,6 +347,20 @@ impl Router {
                             report.message
                         ),
                     });
+                }
+            }
+            "fast_end" => {
+                let result = match message["error"].as_str() {
+                    Some(error) => Err(error.to_owned()),
+                    None => {
+                        if message["panicked"].as_bool() == Some(true) {
+                            self.state.lock().unwrap().evcxr_panic = true;
+                        }
+                        Ok(())
+                    }
+                };
+                if let Some(waiter) = self.fast_waiter.lock().unwrap().take() {
+                    let _ = waiter.send(FastEnd::Ran(result));
                 }
             }
             "interrupted" => self.state.lock().unwrap().interrupted_at_await = true,

@@ -38,7 +38,7 @@ pub fn run_if_rustc_wrapper() {
     let args: Vec<_> = args.collect();
     let is_cell = args
         .windows(2)
-        .any(|w| w[0] == "--crate-name" && w[1] == "ctx");
+        .any(|w| w[0] == "--crate-name" && (w[1] == "ctx" || w[1] == "rustloop_fast"));
     let file = std::env::var_os(WARNINGS_FILE_ENV);
     let (true, Some(file)) = (is_cell, file) else {
         use std::os::unix::process::CommandExt;

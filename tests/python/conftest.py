@@ -43,9 +43,15 @@ CELL_TIMEOUT = float(os.environ.get("RUSTLOOP_CELL_TIMEOUT", "300"))
 class Kernel:
     """A started rustloop kernel with a blocking client."""
 
-    def __init__(self):
+    def __init__(self, log=None):
+        """`log`: a file that receives the kernel's log (at info level)."""
         self.km = KernelManager(kernel_name=KERNEL_NAME)
-        self.km.start_kernel()
+        if log is None:
+            self.km.start_kernel()
+        else:
+            self.km.start_kernel(
+                env={**os.environ, "RUSTLOOP_LOG": "rustloop=info"}, stderr=log
+            )
         self.kc = self.km.client()
         self.kc.start_channels()
         self.kc.wait_for_ready(timeout=60)

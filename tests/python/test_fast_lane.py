@@ -1,0 +1,149 @@
+"""The fast lane: cells that arrive while evcxr warms up run at once, compiled by rustloop
+against the cached tokio and runtime, and their definitions reach evcxr afterwards.
+
+Each test starts a kernel and sends its cells immediately, as `jupyter nbconvert --execute` or
+a user re-running a notebook does. Which path ran a cell is read from the kernel's log.
+"""
+
+import threading
+import time
+
+import pytest
+
+from conftest import FIRST_CELL_TIMEOUT, Kernel, result_of, stderr_of, stdout_of
+
+
+@pytest.fixture(scope="module", autouse=True)
+def warm_cache():
+    """The lane needs a cache slot that has built tokio and the runtime once."""
+    k = Kernel()
+    try:
+        content, _ = k.execute("1", timeout=FIRST_CELL_TIMEOUT)
+        assert content["status"] == "ok", content
+    finally:
+        k.shutdown()
+
+
+@pytest.fixture
+def logged(tmp_path):
+    path = tmp_path / "kernel.log"
+    with open(path, "w") as log:
+        k = Kernel(log=log)
+        k.log_path = path
+        yield k
+        try:
+            k.shutdown()
+        except Exception:
+            pass
+
+
+def log_of(k):
+    return k.log_path.read_text()
+
+
+def fast_cells(k):
+    return [
+        line.split("fast lane: cell ")[1].split()[0]
+        for line in log_of(k).splitlines()
+        if "fast lane: cell " in line
+    ]
+
+
+def test_first_cells_run_during_warm_up_and_definitions_carry_over(logged):
+    k = logged
+    t0 = time.monotonic()
+    content, outputs = k.execute(
+        "use std::time::Duration;\n"
+        "#[derive(Debug)]\n"
+        "struct Point { x: i32, y: i32 }\n"
+        "async fn double_later(n: i32) -> i32 {\n"
+        "    tokio::time::sleep(Duration::from_millis(50)).await;\n"
+        "    n * 2\n"
+        "}\n"
+        'println!("start");\n'
+        'eprintln!("to stderr");\n'
+        "double_later(21).await"
+    )
+    first = time.monotonic() - t0
+    assert content["status"] == "ok", content
+    assert stdout_of(outputs) == "start\n"
+    assert stderr_of(outputs) == "to stderr\n"
+    assert result_of(outputs) == "42"
+
+    # Still warming up: this one is on the lane too, and sees the first cell's definitions.
+    content, outputs = k.execute(
+        "tokio::spawn(async { tokio::time::sleep(Duration::from_millis(100)).await; "
+        'println!("task done"); });\n'
+        "Point { x: double_later(1).await, y: 3 }"
+    )
+    assert content["status"] == "ok", content
+    assert result_of(outputs) == "Point { x: 2, y: 3 }"
+    print(f"\nfirst cell {first:.2f}s; fast-lane cells: {fast_cells(k)}")
+    assert fast_cells(k) == ["[1]", "[2]"], log_of(k)
+
+    # A `let` needs evcxr: it waits for the warm-up, then finds the lane's definitions.
+    content, outputs = k.execute(
+        "let p = Point { x: double_later(5).await, y: 0 };\nlet d: Duration = Duration::from_millis(1);\n(p.x, d)"
+    )
+    assert content["status"] == "ok", content
+    assert result_of(outputs) == "(10, 1ms)"
+    content, outputs = k.execute("format!(\"{:?}\", p)")
+    assert result_of(outputs) == '"Point { x: 10, y: 0 }"'
+    assert fast_cells(k) == ["[1]", "[2]"]
+
+
+def test_lane_cells_fail_interrupt_and_warn_like_any_cell(logged):
+    k = logged
+    # Does not compile on the lane: evcxr runs it and reports the error as for any cell.
+    content, outputs = k.execute("no_such_function().await;")
+    assert content["status"] == "error"
+    assert content["ename"] == "CompilationError", content
+    assert "no_such_function" in content["evalue"], content
+    assert "goes to evcxr" in log_of(k)
+
+    # The lane closed with evcxr warm; a new kernel gets a new lane.
+    log2 = k.log_path.with_name("k2.log")
+    with open(log2, "w") as log:
+        k2 = Kernel(log=log)
+    k2.log_path = log2
+    try:
+        content, outputs = k2.execute('panic!("lane boom");')
+        assert content["status"] == "error"
+        assert content["ename"] == "panic", content
+        assert "lane boom" in content["evalue"]
+
+        # rustc's warning for a future that is never awaited
+        content, outputs = k2.execute("async fn lazy() {}\nlazy();")
+        assert content["status"] == "ok", content
+        assert "futures do nothing unless you `.await`" in stderr_of(outputs)
+
+        # an interrupt cancels the `.await` at once
+        threading.Timer(0.5, k2.km.interrupt_kernel).start()
+        t0 = time.monotonic()
+        content, outputs = k2.execute(
+            'println!("waiting");\ntokio::time::sleep(std::time::Duration::from_secs(60)).await;'
+        )
+        assert content["status"] == "error"
+        assert content["ename"] == "KeyboardInterrupt", content
+        assert time.monotonic() - t0 < 10
+        assert stdout_of(outputs) == "waiting\n"
+        assert fast_cells(k2) == ["[1]", "[2]", "[3]"], log_of(k2)
+
+        # the warm-up finished meanwhile; later cells and the lane's `lazy` work in evcxr
+        content, outputs = k2.execute("lazy().await;\nlet v = vec![1, 2];\nv.len()")
+        assert content["status"] == "ok", content
+        assert result_of(outputs) == "2"
+    finally:
+        k2.shutdown()
+
+
+def test_lane_cell_that_exits_restarts_the_evaluator(logged):
+    k = logged
+    content, outputs = k.execute("std::process::exit(3);")
+    assert content["status"] == "error"
+    assert content["ename"] == "EvaluatorExited", content
+    assert fast_cells(k) == ["[1]"], log_of(k)
+    assert k.km.is_alive()
+    content, outputs = k.execute("let after = 7;\nafter * 6")
+    assert content["status"] == "ok", content
+    assert result_of(outputs) == "42"
