@@ -7,6 +7,8 @@ Figures (medians over N runs unless noted):
 - start:        kernel process start -> kernel_info_reply
 - first_await:  a new session's first cell with `.await`, sent as soon as kernel_info is
                 answered (end to end: kernel start -> execute_reply)
+- first_let:    the second cell, `let x = 1;`, sent right after the first (kernel start ->
+                its execute_reply); cells with a top-level `let` wait for evcxr's warm-up
 - first_await_idle: the same cell sent 5 s after the kernel is ready (a user opening a notebook)
 - warm_cell:    `x + 1` after `let x = 1;` in a warm kernel
 - lines_20k:    time for a cell printing 20,000 lines until idle, and how many stream messages
@@ -93,8 +95,8 @@ class Session:
 
 
 def measure(name, runs, needs_tokio_dep):
-    figures = {k: [] for k in ("start", "first_await", "first_await_idle", "warm_cell",
-                               "lines_20k", "lines_20k_msgs")}
+    figures = {k: [] for k in ("start", "first_await", "first_let", "first_await_idle",
+                               "warm_cell", "lines_20k", "lines_20k_msgs")}
     for i in range(runs):
         s = Session(name)
         figures["start"].append(s.kernel_info())
@@ -104,6 +106,7 @@ def measure(name, runs, needs_tokio_dep):
         assert status == "ok", f"{name}: first await cell failed"
         figures["first_await"].append(time.monotonic() - s.started)
         s.run("let x = 1;")
+        figures["first_let"].append(time.monotonic() - s.started)
         warm = [s.run("x + 1")[0] for _ in range(5)]
         figures["warm_cell"].append(statistics.median(warm))
         code = 'for i in 0..20000 { println!("line {i}"); }'

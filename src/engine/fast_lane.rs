@@ -186,23 +186,24 @@ impl FastLane {
         let (Ok(stdout), Ok(stderr)) = (log("build.json"), log("build.log")) else {
             return Build::Failed("cannot write the build log".into());
         };
-        let sysroot_rustc = toolchain
-            .target_libdir
-            .ancestors()
-            .nth(4)
-            .map(|sysroot| sysroot.join("bin").join("rustc"))
-            .filter(|rustc| rustc.exists());
-        let mut command = std::process::Command::new("cargo");
+        // The toolchain's own binaries, as evcxr uses (rustup's proxies may not be on PATH).
+        let tool = |name: &str| {
+            toolchain
+                .target_libdir
+                .ancestors()
+                .nth(4)
+                .map(|sysroot| sysroot.join("bin").join(name))
+                .filter(|path| path.exists())
+                .unwrap_or_else(|| PathBuf::from(name))
+        };
+        let mut command = std::process::Command::new(tool("cargo"));
         command
             .args(["--offline", "build", "--message-format=json", "--target"])
             .arg(&toolchain.host)
             .current_dir(&self.dir)
             .env("CARGO_TARGET_DIR", &self.target)
             .env("CARGO_BUILD_BUILD_DIR", &self.target)
-            .env(
-                "RUSTC",
-                sysroot_rustc.as_deref().unwrap_or(Path::new("rustc")),
-            )
+            .env("RUSTC", tool("rustc"))
             .env("RUSTFLAGS", evaluator::CELL_RUSTFLAGS)
             .env(super::warnings::WRAPPER_ENV, "1")
             .env(super::warnings::WARNINGS_FILE_ENV, &self.warnings_file)
