@@ -622,7 +622,7 @@ fn evaluate(
             })
         }
         Err(evcxr::Error::SubprocessTerminated(message)) => {
-            Some(evaluator_died(&state, &message, &variables_before))
+            Some(evaluator_died(&state, &message, &variables_before, true))
         }
         Err(other) => Some(if state.interrupt_requested && state.run.is_none() {
             interrupted_while_compiling()
@@ -701,8 +701,14 @@ pub(super) fn interrupted_while_compiling() -> ErrorInfo {
     )
 }
 
-/// The evaluation process ended during the cell; evcxr has already started a new one.
-pub(super) fn evaluator_died(state: &CellState, message: &str, lost: &[String]) -> ErrorInfo {
+/// The evaluation process ended during the cell. `restarted`: evcxr has already started a new
+/// one (else one is starting, as after a fast-lane cell).
+pub(super) fn evaluator_died(
+    state: &CellState,
+    message: &str,
+    lost: &[String],
+    restarted: bool,
+) -> ErrorInfo {
     let lost = if lost.is_empty() {
         "No variables were defined.".to_owned()
     } else {
@@ -731,12 +737,14 @@ pub(super) fn evaluator_died(state: &CellState, message: &str, lost: &[String]) 
             format!("exited ({detail}; e.g. `std::process::exit` in the cell)"),
         ),
     };
+    let next = if restarted {
+        "A new one has been started"
+    } else {
+        "A new one is starting (the next cell waits for it)"
+    };
     ErrorInfo::new(
         ename,
-        format!(
-            "the evaluation process {what}. A new one has been started and the kernel is \
-             still running. {lost}"
-        ),
+        format!("the evaluation process {what}. {next} and the kernel is still running. {lost}"),
     )
 }
 
@@ -972,7 +980,12 @@ mod tests {
             crash_signal: Some("SIGSEGV".into()),
             ..CellState::default()
         };
-        let error = evaluator_died(&state, "Subprocess terminated", &["a".into(), "b".into()]);
+        let error = evaluator_died(
+            &state,
+            "Subprocess terminated",
+            &["a".into(), "b".into()],
+            true,
+        );
         assert_eq!(error.ename, "EvaluatorCrashed");
         assert!(error.evalue.contains("SIGSEGV"));
         assert!(error.evalue.contains("a, b"));

@@ -160,8 +160,9 @@ impl FastLane {
                 self.child_died.store(true, Ordering::SeqCst);
                 Some(evaluator::evaluator_died(
                     &state,
-                    "it ended during the cell",
+                    "exit status not known here",
                     &[],
+                    false,
                 ))
             }
         };
