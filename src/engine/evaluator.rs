@@ -81,6 +81,8 @@ impl Engine {
     /// called inside the kernel's tokio runtime.
     pub fn start(sink: EventSink, slot: Slot) -> Result<Engine> {
         let warnings_file = slot.dir.join(".rustloop-warnings.jsonl");
+        // Type definitions of an earlier session in this slot mean nothing now.
+        let _ = std::fs::remove_file(super::warnings::types_file(&warnings_file));
         let router = Router::new(sink, warnings_file.clone());
         let sink_router = router.clone();
         let link = Arc::new(Link::start(Arc::new(move |event| {

@@ -1,5 +1,6 @@
-//! Compiler warnings worth showing under a cell, and the one source fix-up rustloop applies
-//! to evcxr's generated code (the never type, see `spell_never_type`).
+//! rustloop as cargo's `RUSTC_WRAPPER` for cell builds: compiler warnings worth showing under a
+//! cell, the one source fix-up rustloop applies to evcxr's generated code (the never type, see
+//! `spell_never_type`), and a `TypeId` that changes when a type is redefined (`type_identity`).
 //!
 //! evcxr discards the warnings of cells that compile. rustloop runs as cargo's `RUSTC_WRAPPER`
 //! for cell builds: for the cell crate it tees rustc's JSON diagnostics, keeping the warnings of
@@ -46,11 +47,21 @@ pub fn run_if_rustc_wrapper() {
         eprintln!("rustloop: cannot run {}: {error}", rustc.to_string_lossy());
         std::process::exit(2);
     };
+    let mut args = args;
     if let Some(source) = args
         .iter()
         .find(|a| a.to_string_lossy().ends_with("src/lib.rs"))
+        .map(std::path::PathBuf::from)
     {
-        spell_never_type(Path::new(source));
+        spell_never_type(&source);
+        let is_evcxr_cell = args
+            .windows(2)
+            .any(|w| w[0] == "--crate-name" && w[1] == "ctx");
+        if is_evcxr_cell && let Ok(text) = std::fs::read_to_string(&source) {
+            let generation = type_generation(&text, &types_file(Path::new(&file)));
+            args.push("-C".into());
+            args.push(format!("metadata=rustloop-types-{generation}").into());
+        }
     }
     let output = match std::process::Command::new(&rustc)
         .args(&args)
@@ -80,6 +91,56 @@ fn spell_never_type(source: &Path) {
     if rewritten != text {
         let _ = std::fs::write(source, rewritten);
     }
+}
+
+/// Where the wrapper remembers the cell crate's type definitions (next to the warnings file).
+pub fn types_file(warnings_file: &Path) -> std::path::PathBuf {
+    warnings_file.with_file_name(".rustloop-types.json")
+}
+
+/// A generation number for the cell crate's type definitions, added to its `-C metadata`.
+///
+/// evcxr builds every cell as crate `ctx` with the same metadata, so `ctx::Foo` has the same
+/// `TypeId` in every cell even after `struct Foo` is redefined with different fields; evcxr's
+/// variable store checks `TypeId`s, and a value kept under the old definition would be read as
+/// the new one (memory corruption in safe code). The generation goes up when a type, trait or
+/// module already seen is defined differently; then every `TypeId` of the crate changes and
+/// evcxr drops the kept variables of the crate's types (and says so) instead of misreading
+/// them. New definitions and other cells leave it alone, so values carry over as before.
+fn type_generation(source: &str, state_file: &Path) -> u64 {
+    use ra_ap_syntax::ast::{self, AstNode, HasModuleItem, HasName};
+    let mut state: serde_json::Value = std::fs::read_to_string(state_file)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .filter(|s: &serde_json::Value| s["types"].is_object())
+        .unwrap_or_else(|| serde_json::json!({"generation": 0, "types": {}}));
+    let mut generation = state["generation"].as_u64().unwrap_or(0);
+    let file = ra_ap_syntax::SourceFile::parse(source, ra_ap_syntax::Edition::Edition2024).tree();
+    let mut changed = false;
+    for item in file.items() {
+        let name = match &item {
+            ast::Item::Struct(i) => i.name(),
+            ast::Item::Enum(i) => i.name(),
+            ast::Item::Union(i) => i.name(),
+            ast::Item::TypeAlias(i) => i.name(),
+            ast::Item::Trait(i) => i.name(),
+            ast::Item::Module(i) => i.name(),
+            _ => None,
+        };
+        let Some(name) = name else { continue };
+        let text = item.syntax().to_string();
+        let known = &mut state["types"][name.text().to_string()];
+        if known.as_str().is_some_and(|old| old != text) {
+            changed = true;
+        }
+        *known = serde_json::Value::String(text);
+    }
+    if changed {
+        generation += 1;
+        state["generation"] = generation.into();
+    }
+    let _ = std::fs::write(state_file, state.to_string());
+    generation
 }
 
 fn rewrite_never(text: &str) -> String {
@@ -203,6 +264,32 @@ mod tests {
             "let x = s.take_variable::<JoinHandle<rustloop::__private::Never>>(stringify!(x));\n\
              if a != b { s.put_variable::<Result<rustloop::__private::Never, E>>(stringify!(y), y); }"
         );
+    }
+
+    #[test]
+    fn type_generation_moves_only_when_a_known_type_is_redefined() {
+        let dir = std::env::temp_dir().join(format!("rustloop-types-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = dir.join("types.json");
+        let cell =
+            |types: &str| format!("{types}\nfn f() -> u8 {{ 1 }}\nfn run() {{ let x = 1; }}");
+        assert_eq!(type_generation(&cell("struct Foo { a: u64 }"), &state), 0);
+        // other code, and a new type: same identity, kept values stay readable
+        assert_eq!(type_generation(&cell("struct Foo { a: u64 }"), &state), 0);
+        assert_eq!(
+            type_generation(&cell("struct Foo { a: u64 }\nenum Bar { A }"), &state),
+            0
+        );
+        // a redefinition: a new identity, once
+        assert_eq!(
+            type_generation(&cell("struct Foo { a: String }\nenum Bar { A }"), &state),
+            1
+        );
+        assert_eq!(
+            type_generation(&cell("struct Foo { a: String }\nenum Bar { A }"), &state),
+            1
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

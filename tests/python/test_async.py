@@ -692,3 +692,21 @@ let ticker = tokio::spawn(async {
     assert content["status"] == "ok", (content.get("ename"), content.get("evalue"), content.get("traceback"))
     assert value(k, "ticker.is_finished()") == "false"
     ok(k, "ticker.abort();")
+
+
+def test_extra_redefined_type_drops_kept_values_instead_of_misreading(warm):
+    """evcxr gives `ctx::Foo` the same TypeId in every cell; a value kept under an old
+    definition of `Foo` must not be read as the new one (that would be memory corruption)."""
+    k = warm
+    ok(k, "#[derive(Debug)]\nstruct XFoo { a: u64 }\nlet x_foo = XFoo { a: 5 };\nlet x_n = 3u64;")
+    # new types and other code leave kept values alone
+    ok(k, "#[derive(Debug)]\nenum XBar { A }\nlet x_bar = XBar::A;")
+    assert value(k, "(x_foo.a + x_n, format!(\"{:?}\", x_bar))") == '(8, "A")'
+    # redefining XFoo with a different layout drops x_foo (and says so)
+    ok(k, "#[derive(Debug)]\nstruct XFoo { a: String }")
+    content, outputs = k.execute("x_foo.a.len()")
+    assert content["status"] == "error", f"the old value was read as the new type: {outputs}"
+    assert "x_foo" in content["evalue"] or "x_foo" in stdout_of(outputs) + stderr_of(outputs)
+    # values of library types are kept
+    assert value(k, "x_n") == "3"
+    assert value(k, "XFoo { a: \"new\".to_owned() }.a") == '"new"'
