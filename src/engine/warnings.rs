@@ -48,6 +48,7 @@ pub fn run_if_rustc_wrapper() {
         std::process::exit(2);
     };
     let mut args = args;
+    let mut type_state = None;
     if let Some(source) = args
         .iter()
         .find(|a| a.to_string_lossy().ends_with("src/lib.rs"))
@@ -58,9 +59,10 @@ pub fn run_if_rustc_wrapper() {
             .windows(2)
             .any(|w| w[0] == "--crate-name" && w[1] == "ctx");
         if is_evcxr_cell && let Ok(text) = std::fs::read_to_string(&source) {
-            let generation = type_generation(&text, &types_file(Path::new(&file)));
+            let types = TypeGeneration::new(&text, types_file(Path::new(&file)));
             args.push("-C".into());
-            args.push(format!("metadata=rustloop-types-{generation}").into());
+            args.push(format!("metadata=rustloop-types-{}", types.generation).into());
+            type_state = Some(types);
         }
     }
     let output = match std::process::Command::new(&rustc)
@@ -78,6 +80,12 @@ pub fn run_if_rustc_wrapper() {
     };
     let _ = std::io::stderr().write_all(&output.stderr);
     keep_warnings(&output.stderr, Path::new(&file));
+    if let Some(types) = type_state
+        && output.status.success()
+    {
+        // Only definitions that compiled count (evcxr discards a cell that does not).
+        types.commit();
+    }
     std::process::exit(output.status.code().unwrap_or(1));
 }
 
@@ -99,6 +107,8 @@ pub fn types_file(warnings_file: &Path) -> std::path::PathBuf {
 }
 
 /// A generation number for the cell crate's type definitions, added to its `-C metadata`.
+/// Builds that compiled with different definitions never share a generation (and so never
+/// share `TypeId`s); a build that failed stored no values and is forgotten.
 ///
 /// evcxr builds every cell as crate `ctx` with the same metadata, so `ctx::Foo` has the same
 /// `TypeId` in every cell even after `struct Foo` is redefined with different fields; evcxr's
@@ -107,40 +117,56 @@ pub fn types_file(warnings_file: &Path) -> std::path::PathBuf {
 /// module already seen is defined differently; then every `TypeId` of the crate changes and
 /// evcxr drops the kept variables of the crate's types (and says so) instead of misreading
 /// them. New definitions and other cells leave it alone, so values carry over as before.
-fn type_generation(source: &str, state_file: &Path) -> u64 {
-    use ra_ap_syntax::ast::{self, AstNode, HasModuleItem, HasName};
-    let mut state: serde_json::Value = std::fs::read_to_string(state_file)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .filter(|s: &serde_json::Value| s["types"].is_object())
-        .unwrap_or_else(|| serde_json::json!({"generation": 0, "types": {}}));
-    let mut generation = state["generation"].as_u64().unwrap_or(0);
-    let file = ra_ap_syntax::SourceFile::parse(source, ra_ap_syntax::Edition::Edition2024).tree();
-    let mut changed = false;
-    for item in file.items() {
-        let name = match &item {
-            ast::Item::Struct(i) => i.name(),
-            ast::Item::Enum(i) => i.name(),
-            ast::Item::Union(i) => i.name(),
-            ast::Item::TypeAlias(i) => i.name(),
-            ast::Item::Trait(i) => i.name(),
-            ast::Item::Module(i) => i.name(),
-            _ => None,
-        };
-        let Some(name) = name else { continue };
-        let text = item.syntax().to_string();
-        let known = &mut state["types"][name.text().to_string()];
-        if known.as_str().is_some_and(|old| old != text) {
-            changed = true;
+struct TypeGeneration {
+    generation: u64,
+    state: serde_json::Value,
+    file: std::path::PathBuf,
+}
+
+impl TypeGeneration {
+    fn new(source: &str, file: std::path::PathBuf) -> TypeGeneration {
+        use ra_ap_syntax::ast::{self, AstNode, HasModuleItem, HasName};
+        let mut state: serde_json::Value = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .filter(|s: &serde_json::Value| s["types"].is_object())
+            .unwrap_or_else(|| serde_json::json!({"generation": 0, "types": {}}));
+        let mut generation = state["generation"].as_u64().unwrap_or(0);
+        let parsed = ra_ap_syntax::SourceFile::parse(source, ra_ap_syntax::Edition::Edition2024);
+        let mut changed = false;
+        for item in parsed.tree().items() {
+            let name = match &item {
+                ast::Item::Struct(i) => i.name(),
+                ast::Item::Enum(i) => i.name(),
+                ast::Item::Union(i) => i.name(),
+                ast::Item::TypeAlias(i) => i.name(),
+                ast::Item::Trait(i) => i.name(),
+                ast::Item::Module(i) => i.name(),
+                _ => None,
+            };
+            let Some(name) = name else { continue };
+            let text = item.syntax().to_string();
+            let known = &mut state["types"][name.text().to_string()];
+            if known.as_str().is_some_and(|old| old != text) {
+                changed = true;
+            }
+            *known = serde_json::Value::String(text);
         }
-        *known = serde_json::Value::String(text);
+        if changed {
+            generation += 1;
+            state["generation"] = generation.into();
+        }
+        TypeGeneration {
+            generation,
+            state,
+            file,
+        }
     }
-    if changed {
-        generation += 1;
-        state["generation"] = generation.into();
+
+    /// Remembers these definitions as the current ones.
+    fn commit(&self) {
+        let _ = std::fs::write(&self.file, self.state.to_string());
     }
-    let _ = std::fs::write(state_file, state.to_string());
-    generation
 }
 
 fn rewrite_never(text: &str) -> String {
@@ -271,24 +297,26 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("rustloop-types-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let state = dir.join("types.json");
-        let cell =
-            |types: &str| format!("{types}\nfn f() -> u8 {{ 1 }}\nfn run() {{ let x = 1; }}");
-        assert_eq!(type_generation(&cell("struct Foo { a: u64 }"), &state), 0);
+        let build = |types: &str, compiled: bool| {
+            let source = format!("{types}\nfn f() -> u8 {{ 1 }}\nfn run() {{ let x = 1; }}");
+            let generation = TypeGeneration::new(&source, state.clone());
+            if compiled {
+                generation.commit();
+            }
+            generation.generation
+        };
+        assert_eq!(build("struct Foo { a: u64 }", true), 0);
         // other code, and a new type: same identity, kept values stay readable
-        assert_eq!(type_generation(&cell("struct Foo { a: u64 }"), &state), 0);
-        assert_eq!(
-            type_generation(&cell("struct Foo { a: u64 }\nenum Bar { A }"), &state),
-            0
-        );
-        // a redefinition: a new identity, once
-        assert_eq!(
-            type_generation(&cell("struct Foo { a: String }\nenum Bar { A }"), &state),
-            1
-        );
-        assert_eq!(
-            type_generation(&cell("struct Foo { a: String }\nenum Bar { A }"), &state),
-            1
-        );
+        assert_eq!(build("struct Foo { a: u64 }", true), 0);
+        assert_eq!(build("struct Foo { a: u64 }\nenum Bar { A }", true), 0);
+        // a redefinition that does not compile changes nothing for later builds
+        assert_eq!(build("struct Foo { a: Strin }\nenum Bar { A }", false), 1);
+        assert_eq!(build("struct Foo { a: u64 }\nenum Bar { A }", true), 0);
+        // a redefinition that compiles: a new identity, once
+        assert_eq!(build("struct Foo { a: String }\nenum Bar { A }", true), 1);
+        assert_eq!(build("struct Foo { a: String }\nenum Bar { A }", true), 1);
+        // going back is a change too: generations never repeat
+        assert_eq!(build("struct Foo { a: u64 }\nenum Bar { A }", true), 2);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

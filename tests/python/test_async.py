@@ -702,6 +702,10 @@ def test_extra_redefined_type_drops_kept_values_instead_of_misreading(warm):
     # new types and other code leave kept values alone
     ok(k, "#[derive(Debug)]\nenum XBar { A }\nlet x_bar = XBar::A;")
     assert value(k, "(x_foo.a + x_n, format!(\"{:?}\", x_bar))") == '(8, "A")'
+    # a redefinition that does not compile changes nothing
+    content, _ = k.execute("#[derive(Debug)]\nstruct XFoo { a: Strin }")
+    assert content["ename"] == "CompilationError", content
+    assert value(k, "x_foo.a + 1") == "6"
     # redefining XFoo with a different layout drops x_foo (and says so)
     ok(k, "#[derive(Debug)]\nstruct XFoo { a: String }")
     content, outputs = k.execute("x_foo.a.len()")
