@@ -233,30 +233,25 @@ impl Cells {
                 library.get(b"rustloop_runtime_cell_begin").ok();
             let end: Option<libloading::Symbol<HookFn>> =
                 library.get(b"rustloop_runtime_cell_end").ok();
-            let fast = matches!(kind, CellKind::Fast);
-            match kind {
-                CellKind::Evcxr(function) => {
-                    let cell: libloading::Symbol<CellFn> = library
-                        .get(function.as_bytes())
-                        .map_err(std::io::Error::other)?;
-                    raw_frame(&format!("{{\"t\":\"cell_start\",\"run\":{run}}}"));
-                    if let Some(begin) = &begin {
-                        begin(run);
-                    }
-                    self.store = cell(self.store);
-                }
-                CellKind::Fast => {
-                    let cell: libloading::Symbol<FastFn> = library
-                        .get(b"rustloop_fast_cell")
-                        .map_err(std::io::Error::other)?;
-                    raw_frame(&format!(
-                        "{{\"t\":\"cell_start\",\"run\":{run},\"fast\":{fast}}}"
-                    ));
-                    if let Some(begin) = &begin {
-                        begin(run);
-                    }
-                    panicked = cell() != 0;
-                }
+            enum Entry<'l> {
+                Evcxr(libloading::Symbol<'l, CellFn>),
+                Fast(libloading::Symbol<'l, FastFn>),
+            }
+            let entry = match kind {
+                CellKind::Evcxr(function) => library.get(function.as_bytes()).map(Entry::Evcxr),
+                CellKind::Fast => library.get(b"rustloop_fast_cell").map(Entry::Fast),
+            }
+            .map_err(std::io::Error::other)?;
+            let fast = matches!(entry, Entry::Fast(_));
+            raw_frame(&format!(
+                "{{\"t\":\"cell_start\",\"run\":{run},\"fast\":{fast}}}"
+            ));
+            if let Some(begin) = &begin {
+                begin(run);
+            }
+            match entry {
+                Entry::Evcxr(cell) => self.store = cell(self.store),
+                Entry::Fast(cell) => panicked = cell() != 0,
             }
             if let Some(end) = &end {
                 end(run);

@@ -492,15 +492,7 @@ fn forward_evcxr_outputs(router: Arc<Router>, outputs: evcxr::EvalContextOutputs
 fn run_cell(inner: &Inner, context: &mut CommandContext, execute: Execute) -> Outcome {
     let router = &inner.router;
     let prepared = cell::prepare(&execute.code);
-    let begin = || {
-        *router.state.lock().unwrap() = CellState {
-            executing: Some(execute.id),
-            label: execute.label.clone(),
-            code: execute.code.clone(),
-            allow_stdin: execute.allow_stdin,
-            ..CellState::default()
-        };
-    };
+    let begin = || *router.state.lock().unwrap() = CellState::for_cell(&execute);
     begin();
     for command in &prepared.own_commands {
         match command {

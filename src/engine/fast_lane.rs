@@ -36,6 +36,8 @@ pub struct FastLane {
     /// evcxr's target directory in the same slot, where tokio and the runtime are built.
     target: PathBuf,
     warnings_file: PathBuf,
+    /// Set before taking `lane` in `close`, read with `lane` held in `run`: a cell either
+    /// finishes before the lane closes or does not start.
     closed: AtomicBool,
     /// The evaluation process died during a fast-lane cell (evcxr must start a new one).
     child_died: AtomicBool,
@@ -45,7 +47,6 @@ pub struct FastLane {
 
 #[derive(Default)]
 struct Lane {
-    closed: bool,
     /// Definitions of the cells run so far, in order.
     items: Vec<String>,
     builds: u64,
@@ -78,7 +79,6 @@ impl FastLane {
     pub fn close(&self) -> String {
         self.closed.store(true, Ordering::SeqCst);
         let mut lane = self.lane.lock().unwrap();
-        lane.closed = true;
         std::mem::take(&mut lane.items).join("\n")
     }
 
@@ -97,7 +97,7 @@ impl FastLane {
         parts: FastParts,
     ) -> Option<Outcome> {
         let mut lane = self.lane.lock().unwrap();
-        if lane.closed {
+        if !self.is_open() {
             return None;
         }
         let toolchain = self
@@ -107,12 +107,8 @@ impl FastLane {
         let source = crate_source(&lane.items, &parts);
         std::fs::write(self.dir.join("src").join("lib.rs"), &source).ok()?;
         *router.state.lock().unwrap() = CellState {
-            executing: Some(execute.id),
-            label: execute.label.clone(),
-            code: execute.code.clone(),
-            allow_stdin: execute.allow_stdin,
             fast_lane: true,
-            ..CellState::default()
+            ..CellState::for_cell(execute)
         };
         let finish = |outcome: Option<Outcome>| {
             *router.state.lock().unwrap() = CellState::default();

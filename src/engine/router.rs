@@ -58,6 +58,19 @@ pub struct CellState {
     pub(super) result: Option<(Map<String, Value>, Map<String, Value>)>,
 }
 
+impl CellState {
+    /// The state of `execute` as it starts.
+    pub fn for_cell(execute: &super::Execute) -> CellState {
+        CellState {
+            executing: Some(execute.id),
+            label: execute.label.clone(),
+            code: execute.code.clone(),
+            allow_stdin: execute.allow_stdin,
+            ..CellState::default()
+        }
+    }
+}
+
 /// How a fast-lane cell ended, as seen on the link.
 #[derive(Debug)]
 pub enum FastEnd {

@@ -54,11 +54,11 @@ pub fn run_if_rustc_wrapper() {
         .find(|a| a.to_string_lossy().ends_with("src/lib.rs"))
         .map(std::path::PathBuf::from)
     {
-        spell_never_type(&source);
+        let text = spell_never_type(&source);
         let is_evcxr_cell = args
             .windows(2)
             .any(|w| w[0] == "--crate-name" && w[1] == "ctx");
-        if is_evcxr_cell && let Ok(text) = std::fs::read_to_string(&source) {
+        if is_evcxr_cell && let Some(text) = text {
             let types = TypeGeneration::new(&text, types_file(Path::new(&file)));
             args.push("-C".into());
             args.push(format!("metadata=rustloop-types-{}", types.generation).into());
@@ -91,14 +91,14 @@ pub fn run_if_rustc_wrapper() {
 
 /// In the type arguments of evcxr's variable-store calls, replaces the never type `!` (which
 /// stable Rust rejects there) with `rustloop::__private::Never`, the same type spelled legally.
-fn spell_never_type(source: &Path) {
-    let Ok(text) = std::fs::read_to_string(source) else {
-        return;
-    };
+/// Returns the source as rustc will read it.
+fn spell_never_type(source: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(source).ok()?;
     let rewritten = rewrite_never(&text);
     if rewritten != text {
-        let _ = std::fs::write(source, rewritten);
+        let _ = std::fs::write(source, &rewritten);
     }
+    Some(rewritten)
 }
 
 /// Where the wrapper remembers the cell crate's type definitions (next to the warnings file).

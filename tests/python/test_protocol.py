@@ -82,6 +82,14 @@ def survivors(snap):
     return [p for p, t in snap.items() if _start_time(p) == t]
 
 
+def assert_all_gone(snap, after, evaluators=None, timeout=20):
+    """Every process in `snap` exits within `timeout` s."""
+    note = f" (evaluation processes were {evaluators})" if evaluators is not None else ""
+    assert wait_for(lambda: not survivors(snap), timeout), (
+        f"processes left {after}: {survivors(snap)}{note}"
+    )
+
+
 def wait_for(predicate, timeout, interval=0.1):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -364,10 +372,7 @@ def test_shutdown_on_control_during_long_cell(fresh_kernel):
     assert took < 5.0, f"shutdown_reply took {took:.2f}s"
 
     assert wait_for(lambda: not k.km.is_alive(), 20), "kernel process still alive after shutdown"
-    assert wait_for(lambda: not survivors(before), 20), (
-        f"processes left behind by the kernel: {survivors(before)} "
-        f"(evaluation processes were {evaluators})"
-    )
+    assert_all_gone(before, "behind by the kernel", evaluators)
 
 
 # --------------------------------------------------------------------------------------------
@@ -714,10 +719,7 @@ def test_no_orphans_after_kernel_killed(fresh_kernel):
     snap = snapshot(descendants(kernel_pid(k)))
     k.km.provisioner.process.send_signal(signal.SIGKILL)
     assert wait_for(lambda: not k.km.is_alive(), 10)
-    assert wait_for(lambda: not survivors(snap), 20), (
-        f"processes left after SIGKILL of the kernel: {survivors(snap)} "
-        f"(evaluation processes were {evaluators})"
-    )
+    assert_all_gone(snap, "after SIGKILL of the kernel", evaluators)
 
 
 @pytest.mark.timeout(300)
@@ -729,7 +731,7 @@ def test_restart_leaves_no_orphans(fresh_kernel):
     snap = snapshot(descendants(old_pid) | {old_pid})
     k.km.restart_kernel(now=False)
     assert kernel_pid(k) != old_pid
-    assert wait_for(lambda: not survivors(snap), 20), f"left after restart: {survivors(snap)}"
+    assert_all_gone(snap, "after restart")
     k.kc.wait_for_ready(timeout=60)
     k.first = True
     content, outputs = k.execute("before_restart")
