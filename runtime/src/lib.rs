@@ -21,6 +21,10 @@ mod json;
 mod link;
 mod tasks;
 
+#[doc(hidden)]
+#[path = "store.rs"]
+pub mod __store;
+
 pub use display::{
     DisplayHandle, Html, Jpeg, Json, Latex, Markdown, MimeBundle, Png, ProgressBar, Rich, Svg,
     Text, clear_output, display,

@@ -14,6 +14,7 @@
 //! resume.
 
 use anyhow::{Context, Result, bail};
+use serde_json::Value;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,7 @@ const RUNTIME_FILES: &[(&str, &str)] = &[
     ("src/json.rs", include_str!("../../runtime/src/json.rs")),
     ("src/link.rs", include_str!("../../runtime/src/link.rs")),
     ("src/tasks.rs", include_str!("../../runtime/src/tasks.rs")),
+    ("src/store.rs", include_str!("../../runtime/src/store.rs")),
 ];
 
 /// Marks a slot whose dependencies have been built once.
@@ -187,6 +189,27 @@ fn seed_from_warm_slot(base: &Path, dir: &Path) {
     if !matches!(status, Ok(s) if s.success()) {
         let _ = std::fs::remove_dir_all(dir);
     }
+}
+
+/// RUSTFLAGS of every cell build: `-Cprefer-dynamic` is evcxr's own flag (we replace
+/// RUSTFLAGS wholesale); `tokio_unstable` enables the task hooks behind `:tasks`.
+pub const CELL_RUSTFLAGS: &str = "-Cprefer-dynamic --cfg tokio_unstable";
+
+/// The dependencies every cell has, as Cargo.toml `name = spec` pairs.
+pub fn cell_dependencies(slot: &Slot) -> [(String, String); 2] {
+    [
+        (
+            "tokio".to_owned(),
+            r#"{ version = "1", features = ["full"] }"#.to_owned(),
+        ),
+        (
+            "rustloop-runtime".to_owned(),
+            format!(
+                "{{ path = {} }}",
+                Value::from(slot.runtime_dir.to_string_lossy().into_owned())
+            ),
+        ),
+    ]
 }
 
 #[cfg(test)]

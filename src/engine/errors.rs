@@ -66,20 +66,6 @@ pub fn compile_errors(
     }
 }
 
-/// If the only problem is that a variable evcxr keeps between cells was given the wrong type
-/// (an E0308 in generated code: no span in the user's code), the type rustc found.
-pub fn stored_type_mismatch(errors: &[evcxr::CompilationError]) -> Option<String> {
-    let [error] = errors else { return None };
-    if error.code() != Some("E0308") || error.spanned_messages().iter().any(|m| m.span.is_some()) {
-        return None;
-    }
-    error.spanned_messages().iter().find_map(|m| {
-        let rest = m.label.split_once("found `")?.1;
-        let ty = rest.rsplit_once('`')?.0;
-        m.label.contains("expected `").then(|| ty.to_owned())
-    })
-}
-
 /// Rewrites messages that mention rustloop's generated display code into what the user did.
 fn friendly_message(error: &evcxr::CompilationError) -> String {
     let message = error.message();

@@ -2,47 +2,25 @@
 //! (the kernel answers `kernel_info` meanwhile), and runs one request at a time. [`Engine`] is
 //! the handle the kernel layer holds; its interrupt and input methods work while a cell runs.
 
-use super::cache::Slot;
-use super::cell::{self, OwnCommand};
+use super::analysis::{complete, inspect};
+use super::cache::{CELL_RUSTFLAGS, Slot, cell_dependencies};
+use super::cell;
 use super::child::{LINK_ENV, RUNTIME_LIBRARY_ENV};
-use super::errors::{self, ErrorInfo};
+use super::errors::ErrorInfo;
 use super::fast_lane::FastLane;
 use super::link::Link;
-use super::router::{CellState, InputWaiter, Router};
+use super::outcome::INTERRUPT_GRACE;
+use super::router::{InputWaiter, Router};
+use super::run::{CellRun, run_cell, settle_variables};
+use super::store::Variables;
 use super::{Completions, Event, EventSink, Execute, Inspection, Outcome, Output};
 use anyhow::{Context, Result};
-use evcxr::{CommandContext, EvalCallbacks, EvalContext};
-use serde_json::{Map, Value, json};
+use evcxr::{CommandContext, EvalContext};
 use std::os::unix::process::CommandExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
-
-/// How long a cell may keep running after an interrupt reached it before the evaluation
-/// process is restarted (the cell is stuck in code with no `.await` to cancel at).
-pub const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
-
-/// RUSTFLAGS of every cell build: `-Cprefer-dynamic` is evcxr's own flag (we replace
-/// RUSTFLAGS wholesale); `tokio_unstable` enables the task hooks behind `:tasks`.
-pub(super) const CELL_RUSTFLAGS: &str = "-Cprefer-dynamic --cfg tokio_unstable";
-
-/// The dependencies every cell has, as Cargo.toml `name = spec` pairs.
-pub(super) fn cell_dependencies(slot: &Slot) -> [(String, String); 2] {
-    [
-        (
-            "tokio".to_owned(),
-            r#"{ version = "1", features = ["full"] }"#.to_owned(),
-        ),
-        (
-            "rustloop-runtime".to_owned(),
-            format!(
-                "{{ path = {} }}",
-                Value::from(slot.runtime_dir.to_string_lossy().into_owned())
-            ),
-        ),
-    ]
-}
 
 enum Request {
     Execute(Execute),
@@ -74,6 +52,17 @@ struct Inner {
     warnings_file: std::path::PathBuf,
     link: Arc<Link>,
     fast_lane: FastLane,
+    variables: Mutex<Variables>,
+}
+
+impl Inner {
+    fn cell_run(&self) -> CellRun<'_> {
+        CellRun {
+            router: &self.router,
+            warnings_file: &self.warnings_file,
+            variables: &self.variables,
+        }
+    }
 }
 
 impl Engine {
@@ -99,6 +88,7 @@ impl Engine {
             fast_lane: FastLane::new(&slot, warnings_file.clone()),
             warnings_file,
             link: link.clone(),
+            variables: Mutex::new(Variables::default()),
         });
         let thread_inner = inner.clone();
         let link_path = link.path().to_owned();
@@ -123,7 +113,7 @@ impl Engine {
         if !self.inner.warm.load(Ordering::SeqCst)
             && self.inner.fast_lane.is_open()
             && request.user_expressions.is_empty()
-            && let Some(parts) = cell::fast_lane_parts(&cell::prepare(&request.code))
+            && cell::fast_lane_eligible(&cell::prepare(&request.code))
         {
             let inner = self.inner.clone();
             let fallback = request.clone();
@@ -131,15 +121,33 @@ impl Engine {
                 .name("rustloop-fast-lane".into())
                 .spawn(move || {
                     let id = request.id;
-                    match inner
-                        .fast_lane
-                        .run(&inner.router, &inner.link, &request, parts)
-                    {
-                        Some(outcome) => {
+                    let prepared = cell::prepare(&request.code);
+                    let plan = inner
+                        .variables
+                        .lock()
+                        .unwrap()
+                        .plan(&prepared, &Default::default())
+                        .or_else(|| Variables::definitions_only(&prepared));
+                    let ran = plan.as_ref().and_then(|plan| {
+                        inner
+                            .fast_lane
+                            .run(&inner.router, &inner.link, &request, plan)
+                    });
+                    match (ran, plan) {
+                        (Some((outcome, state)), Some(plan)) => {
+                            let failed = outcome.error.as_ref().map(|_| &state);
+                            if let Some(line) =
+                                settle_variables(&inner.cell_run(), &plan, &request.label, failed)
+                            {
+                                inner.router.emit(Output::Stream {
+                                    stderr: false,
+                                    text: line,
+                                });
+                            }
                             inner.router.flush_carry();
                             (inner.router.sink())(Event::Finished { id, outcome });
                         }
-                        None => {
+                        _ => {
                             let _ = inner
                                 .requests
                                 .lock()
@@ -348,7 +356,7 @@ fn evaluator_main(
             Request::Execute(execute) => {
                 let id = execute.id;
                 let outcome = match context.as_mut() {
-                    Some(context) => run_cell(&inner, context, execute),
+                    Some(context) => run_cell(&inner.cell_run(), context, execute),
                     None => Outcome {
                         error: Some(ErrorInfo::new("EvaluatorUnavailable", startup_error)),
                         ..Outcome::default()
@@ -489,415 +497,6 @@ fn forward_evcxr_outputs(router: Arc<Router>, outputs: evcxr::EvalContextOutputs
     }
 }
 
-fn run_cell(inner: &Inner, context: &mut CommandContext, execute: Execute) -> Outcome {
-    let router = &inner.router;
-    let prepared = cell::prepare(&execute.code);
-    let begin = || *router.state.lock().unwrap() = CellState::for_cell(&execute);
-    begin();
-    for command in &prepared.own_commands {
-        match command {
-            OwnCommand::Tasks => show_tasks(router),
-        }
-    }
-    let has_evcxr_work = prepared
-        .code
-        .lines()
-        .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with("//"));
-    let mut outcome = Outcome::default();
-    if has_evcxr_work {
-        let mut error = evaluate(inner, context, &prepared, &execute);
-        if let Some(annotated) = error
-            .as_ref()
-            .and_then(|(_, state)| state.stored_type_found.as_deref())
-            .and_then(|ty| cell::annotate_macro_let(&execute.code, ty))
-        {
-            // The variable's type was guessed wrong (see `annotate_macro_let`); retry with
-            // the type rustc found.
-            let retry = Execute {
-                code: annotated,
-                ..execute.clone()
-            };
-            begin();
-            error = evaluate(inner, context, &cell::prepare(&retry.code), &retry);
-        }
-        if error
-            .as_ref()
-            .is_some_and(|(_, state)| state.runtime_changed)
-        {
-            // The cell never ran; run it again on the fresh evaluation process.
-            let lost = error
-                .as_ref()
-                .map(|(e, _)| e.evalue.clone())
-                .unwrap_or_default();
-            router.emit(Output::Stream {
-                stderr: true,
-                text: format!(
-                    "rustloop: a `:dep` changed the version or features of a crate the shared \
-                     runtime uses (tokio), so the runtime library was rebuilt and the evaluation \
-                     process restarted. {lost}\n"
-                ),
-            });
-            begin();
-            error = evaluate(inner, context, &prepared, &execute);
-        }
-        outcome.error = error.map(|(e, _)| e);
-    }
-    if outcome.error.is_none() && !execute.user_expressions.is_empty() {
-        outcome.user_expressions = user_expressions(router, context, &execute);
-    }
-    router.state.lock().unwrap().executing = None;
-    outcome
-}
-
-/// Runs prepared code through evcxr; on failure, the error and the cell's final state.
-fn evaluate(
-    inner: &Inner,
-    context: &mut CommandContext,
-    prepared: &cell::Prepared,
-    execute: &Execute,
-) -> Option<(ErrorInfo, CellState)> {
-    let router = &inner.router;
-    let _ = std::fs::remove_file(&inner.warnings_file);
-    let variables_before: Vec<String> = context
-        .variables_and_types()
-        .map(|(name, _)| name.to_owned())
-        .collect();
-    let input_router = router.clone();
-    let mut callbacks = EvalCallbacks {
-        // evcxr's request type is not exported; its fields are.
-        input_reader: &move |request| {
-            evcxr_input(&input_router, request.prompt.clone(), request.is_password)
-        },
-    };
-    let result = context.execute_with_callbacks(&prepared.code, &mut callbacks);
-    if let Ok(outputs) = &result {
-        tracing::debug!("phases: {:?}", outputs.phases);
-    }
-    let mut state = {
-        let mut state = router.state.lock().unwrap();
-        let executing = state.executing;
-        let taken = std::mem::take(&mut *state);
-        state.executing = executing;
-        taken
-    };
-    if let Some(panic) = &mut state.panic
-        && let Ok(source) = context.last_source()
-    {
-        panic.location = cell_location(&panic.location, &source, &execute.code);
-    }
-    let error = match result {
-        Ok(outputs) => {
-            // Output of evcxr's own commands (`:vars`, `:help`, ...).
-            if !outputs.content_by_mime_type.is_empty() {
-                let data: Map<String, Value> = outputs
-                    .content_by_mime_type
-                    .into_iter()
-                    .map(|(k, v)| (k, Value::String(v)))
-                    .collect();
-                router.emit(Output::Result {
-                    data,
-                    metadata: Map::new(),
-                });
-            }
-            if let Some(timing) = outputs.timing {
-                router.emit(Output::Stream {
-                    stderr: false,
-                    text: format!("Took {}ms\n", timing.as_millis()),
-                });
-            }
-            judge_run(&state, &execute.label)
-        }
-        Err(evcxr::Error::CompilationErrors(errors)) => {
-            state.stored_type_found = errors::stored_type_mismatch(&errors);
-            Some(if state.interrupt_requested {
-                interrupted_while_compiling()
-            } else {
-                errors::compile_errors(&errors, prepared, &execute.code)
-            })
-        }
-        Err(evcxr::Error::SubprocessTerminated(message)) => {
-            Some(evaluator_died(&state, &message, &variables_before, true))
-        }
-        Err(other) => Some(if state.interrupt_requested && state.run.is_none() {
-            interrupted_while_compiling()
-        } else {
-            ErrorInfo::new("Error", other.to_string())
-        }),
-    };
-    error.map(|e| (e, state))
-}
-
-/// `src/lib.rs:LINE:COL` of the generated source -> `cell line N` when that line of generated
-/// code is one of the cell's own lines (it usually is: user lines are copied verbatim).
-pub(super) fn cell_location(location: &str, generated: &str, cell: &str) -> String {
-    let mut parts = location.rsplitn(3, ':');
-    let (Some(_col), Some(line), Some(file)) = (parts.next(), parts.next(), parts.next()) else {
-        return location.to_owned();
-    };
-    let Some(text) = line
-        .parse::<usize>()
-        .ok()
-        .filter(|_| file.ends_with("src/lib.rs"))
-        .and_then(|n| generated.lines().nth(n.saturating_sub(1)))
-    else {
-        return location.to_owned();
-    };
-    let text = text.trim();
-    match cell
-        .lines()
-        .position(|l| !text.is_empty() && l.trim() == text)
-    {
-        Some(i) => format!("cell line {}", i + 1),
-        None => "code rustloop generated for this cell".to_owned(),
-    }
-}
-
-/// The verdict on a cell that compiled and ran (or started to).
-pub(super) fn judge_run(state: &CellState, label: &str) -> Option<ErrorInfo> {
-    if state.interrupted_at_await {
-        return Some(ErrorInfo::new(
-            "KeyboardInterrupt",
-            format!(
-                "cell {label} was interrupted while waiting at `.await`; the awaited future was \
-                 dropped (cancelled). Variables from earlier cells and background tasks are kept; \
-                 variables this cell had just defined are not."
-            ),
-        ));
-    }
-    if let Some(panic) = &state.panic {
-        let mut info = ErrorInfo::new("panic", panic.message.clone());
-        info.traceback = vec![
-            format!("\x1b[1;31mpanic\x1b[0m: {}", panic.message),
-            format!(
-                "  at {} (in cell {label}). Variables from earlier cells are kept; \
-                 variables this cell had just defined are not.",
-                panic.location
-            ),
-        ];
-        return Some(info);
-    }
-    if state.evcxr_panic {
-        return Some(ErrorInfo::new("panic", "the cell panicked"));
-    }
-    if state.question_mark_error {
-        return Some(ErrorInfo::new(
-            "Error",
-            "the cell returned early through `?` with the error printed above",
-        ));
-    }
-    None
-}
-
-pub(super) fn interrupted_while_compiling() -> ErrorInfo {
-    ErrorInfo::new(
-        "KeyboardInterrupt",
-        "interrupted while compiling; the cell did not run and all variables are kept",
-    )
-}
-
-/// The evaluation process ended during the cell. `restarted`: evcxr has already started a new
-/// one (else one is starting, as after a fast-lane cell).
-pub(super) fn evaluator_died(
-    state: &CellState,
-    message: &str,
-    lost: &[String],
-    restarted: bool,
-) -> ErrorInfo {
-    let lost = if lost.is_empty() {
-        "No variables were defined.".to_owned()
-    } else {
-        format!(
-            "These variables were lost: {}. Functions, types, `use` items and `:dep` crates \
-             are kept; background tasks were stopped.",
-            lost.join(", ")
-        )
-    };
-    if state.killed_for_interrupt {
-        return ErrorInfo::new(
-            "KeyboardInterrupt",
-            format!(
-                "the cell did not reach an `.await` within {} s of the interrupt (it was busy in \
-                 code that cannot be cancelled), so the evaluation process was restarted. {lost}",
-                INTERRUPT_GRACE.as_secs()
-            ),
-        );
-    }
-    let detail = message.trim().lines().last().unwrap_or("").to_owned();
-    let (ename, what) = match &state.crash_signal {
-        Some(signal) => ("EvaluatorCrashed", format!("crashed with {signal}")),
-        None if detail.contains("signal") => ("EvaluatorCrashed", format!("crashed ({detail})")),
-        None => (
-            "EvaluatorExited",
-            format!("exited ({detail}; e.g. `std::process::exit` in the cell)"),
-        ),
-    };
-    let next = if restarted {
-        "A new one has been started"
-    } else {
-        "A new one is starting (the next cell waits for it)"
-    };
-    ErrorInfo::new(
-        ename,
-        format!("the evaluation process {what}. {next} and the kernel is still running. {lost}"),
-    )
-}
-
-/// Answers evcxr's own input protocol (`evcxr_input::get_string`).
-fn evcxr_input(router: &Router, prompt: String, password: bool) -> String {
-    let (tx, rx) = mpsc::channel();
-    {
-        let mut state = router.state.lock().unwrap();
-        if !state.allow_stdin {
-            drop(state);
-            router.emit(Output::Stream {
-                stderr: true,
-                text: "input is not available: this client does not accept input \
-                       (allow_stdin: false); an empty string was returned\n"
-                    .to_owned(),
-            });
-            return String::new();
-        }
-        state.input = InputWaiter::Evcxr(tx);
-    }
-    router.emit(Output::InputRequest { prompt, password });
-    rx.recv().ok().and_then(Result::ok).unwrap_or_default()
-}
-
-fn show_tasks(router: &Router) {
-    let reply = router.request_tasks();
-    let text = match reply.recv_timeout(Duration::from_secs(2)) {
-        Err(_) => "No tasks: the runtime has not started yet (no cell has run).\n".to_owned(),
-        Ok(tasks) => {
-            let tasks = tasks.as_array().cloned().unwrap_or_default();
-            if tasks.is_empty() {
-                "No live tasks.\n".to_owned()
-            } else {
-                let mut text = format!("{} live task(s):\n", tasks.len());
-                text.push_str("  task   cell    age\n");
-                for task in tasks {
-                    let cell = task["run"]
-                        .as_u64()
-                        .and_then(|run| router.label_of_run(run))
-                        .unwrap_or_else(|| "?".to_owned());
-                    text.push_str(&format!(
-                        "  {:<6} {:<7} {:.1}s\n",
-                        task["id"].as_str().unwrap_or("?"),
-                        cell,
-                        task["age_secs"].as_f64().unwrap_or(0.0),
-                    ));
-                }
-                text
-            }
-        }
-    };
-    router.emit(Output::Stream {
-        stderr: false,
-        text,
-    });
-}
-
-/// Evaluates `user_expressions` after a successful cell; each result is a MIME bundle.
-fn user_expressions(
-    router: &Router,
-    context: &mut CommandContext,
-    execute: &Execute,
-) -> Map<String, Value> {
-    let mut results = Map::new();
-    for (name, expression) in &execute.user_expressions {
-        let prepared = cell::prepare(expression);
-        {
-            let mut state = router.state.lock().unwrap();
-            *state = CellState {
-                executing: Some(execute.id),
-                label: execute.label.clone(),
-                capture: Some(Map::new()),
-                ..CellState::default()
-            };
-        }
-        let result = context.execute(&prepared.code);
-        let state = std::mem::take(&mut *router.state.lock().unwrap());
-        let value = match result {
-            Ok(_) => match judge_run(&state, &execute.label) {
-                None => json!({
-                    "status": "ok",
-                    "data": state.capture.unwrap_or_default(),
-                    "metadata": {},
-                }),
-                Some(e) => {
-                    json!({"status": "error", "ename": e.ename, "evalue": e.evalue, "traceback": e.traceback})
-                }
-            },
-            Err(e) => {
-                let info = match e {
-                    evcxr::Error::CompilationErrors(errors) => {
-                        errors::compile_errors(&errors, &prepared, expression)
-                    }
-                    other => ErrorInfo::new("Error", other.to_string()),
-                };
-                json!({"status": "error", "ename": info.ename, "evalue": info.evalue, "traceback": info.traceback})
-            }
-        };
-        results.insert(name.clone(), value);
-    }
-    results
-}
-
-fn complete(context: &mut CommandContext, code: &str, cursor: usize) -> Completions {
-    let byte_cursor = char_to_byte(code, cursor);
-    match context.completions(code, byte_cursor) {
-        Ok(completions) => Completions {
-            matches: completions
-                .completions
-                .into_iter()
-                .map(|c| c.code)
-                .collect(),
-            cursor_start: byte_to_char(code, completions.start_offset),
-            cursor_end: byte_to_char(code, completions.end_offset),
-        },
-        Err(e) => {
-            tracing::debug!("completion failed: {e}");
-            Completions {
-                matches: Vec::new(),
-                cursor_start: cursor,
-                cursor_end: cursor,
-            }
-        }
-    }
-}
-
-fn inspect(context: &mut CommandContext, code: &str, cursor: usize) -> Inspection {
-    // Inspect the whole identifier under the cursor, not just what precedes it.
-    let mut end = char_to_byte(code, cursor);
-    while let Some(c) = code[end..].chars().next() {
-        if c.is_alphanumeric() || c == '_' {
-            end += c.len_utf8();
-        } else {
-            break;
-        }
-    }
-    if end == 0 {
-        return None;
-    }
-    match context.hover_at(code, end) {
-        Ok((plain, html)) if plain != "No documentation found" => Some((plain, html)),
-        Ok(_) => None,
-        Err(e) => {
-            tracing::debug!("inspect failed: {e}");
-            None
-        }
-    }
-}
-
-fn char_to_byte(text: &str, chars: usize) -> usize {
-    text.char_indices()
-        .nth(chars)
-        .map_or(text.len(), |(byte, _)| byte)
-}
-
-fn byte_to_char(text: &str, byte: usize) -> usize {
-    text[..byte.min(text.len())].chars().count()
-}
-
 /// Kills the build processes (cargo, rustc) evcxr started from this process, leaving the
 /// evaluation process alone.
 fn kill_build_processes(evaluation_pid: Option<u32>) {
@@ -928,60 +527,5 @@ fn kill_build_processes(evaluation_pid: Option<u32>) {
     for pid in victims {
         // SAFETY: sending a signal to a process we started.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn char_and_byte_offsets() {
-        let text = "let é = 1;";
-        assert_eq!(char_to_byte(text, 5), 6);
-        assert_eq!(byte_to_char(text, 6), 5);
-        assert_eq!(char_to_byte(text, 100), text.len());
-    }
-
-    #[test]
-    fn panic_locations_point_at_cell_lines() {
-        let generated = "fn run() {\nlet v = vec![1];\nlet y = v[5];\n}";
-        let cell = "let v = vec![1];\nlet y = v[5];";
-        assert_eq!(
-            cell_location("src/lib.rs:3:9", generated, cell),
-            "cell line 2"
-        );
-        assert_eq!(
-            cell_location("/home/x/.cargo/registry/src/a.rs:3:9", generated, cell),
-            "/home/x/.cargo/registry/src/a.rs:3:9"
-        );
-    }
-
-    #[test]
-    fn interrupt_at_await_is_a_keyboard_interrupt() {
-        let state = CellState {
-            interrupted_at_await: true,
-            ..CellState::default()
-        };
-        let error = judge_run(&state, "[3]").unwrap();
-        assert_eq!(error.ename, "KeyboardInterrupt");
-        assert!(error.evalue.contains("[3]"));
-    }
-
-    #[test]
-    fn evaluator_death_names_lost_variables() {
-        let state = CellState {
-            crash_signal: Some("SIGSEGV".into()),
-            ..CellState::default()
-        };
-        let error = evaluator_died(
-            &state,
-            "Subprocess terminated",
-            &["a".into(), "b".into()],
-            true,
-        );
-        assert_eq!(error.ename, "EvaluatorCrashed");
-        assert!(error.evalue.contains("SIGSEGV"));
-        assert!(error.evalue.contains("a, b"));
     }
 }

@@ -7,17 +7,18 @@
 //! the same cached tokio and runtime library (same profile, flags and lock file, so cargo finds
 //! them fresh), and the evaluation process evcxr already started loads and runs it.
 //!
-//! Eligible cells are those [`cell::fast_lane_parts`] accepts: definitions and statements, no
-//! top-level `let`, no commands. Their definitions (`fn`, `struct`, `use`, ...) are kept and
+//! Eligible cells are those [`cell::fast_lane_eligible`](super::cell::fast_lane_eligible)
+//! accepts: definitions, `let`s (kept by the variable store like any cell's) and statements, no
+//! commands. Their definitions (`fn`, `struct`, `use`, ...) are kept and
 //! handed to evcxr when the warm-up ends, so later cells see them. A cell the fast lane cannot
 //! compile goes to evcxr unchanged, which reports the errors as for any cell. Once evcxr is
 //! warm the lane closes for the rest of the session.
 
-use super::cache::{self, Slot};
-use super::cell::FastParts;
-use super::evaluator;
+use super::cache::{self, CELL_RUSTFLAGS, Slot, cell_dependencies};
 use super::link::Link;
+use super::outcome::{cell_location, evaluator_died, interrupted_while_compiling, judge_run};
 use super::router::{CellState, FastEnd, Router};
+use super::store::Plan;
 use super::{Execute, Outcome};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -87,15 +88,16 @@ impl FastLane {
         self.child_died.load(Ordering::SeqCst)
     }
 
-    /// Runs a cell on the lane. `None` if it cannot (the lane closed, the cell did not compile,
-    /// no evaluation process yet): the caller sends the cell to evcxr.
+    /// Runs a cell (rewritten around the variable store) on the lane, with the cell's final
+    /// state. `None` if it cannot (the lane closed, the cell did not compile, no evaluation
+    /// process yet): the caller sends the cell to evcxr.
     pub fn run(
         &self,
         router: &Router,
         link: &Link,
         execute: &Execute,
-        parts: FastParts,
-    ) -> Option<Outcome> {
+        plan: &Plan,
+    ) -> Option<(Outcome, CellState)> {
         let mut lane = self.lane.lock().unwrap();
         if !self.is_open() {
             return None;
@@ -104,15 +106,15 @@ impl FastLane {
             .toolchain
             .get_or_init(|| cache::toolchain().ok())
             .as_ref()?;
-        let source = crate_source(&lane.items, &parts);
+        let source = crate_source(&lane.items, &plan.items, &plan.body);
         std::fs::write(self.dir.join("src").join("lib.rs"), &source).ok()?;
         *router.state.lock().unwrap() = CellState {
             fast_lane: true,
             ..CellState::for_cell(execute)
         };
         let finish = |outcome: Option<Outcome>| {
-            *router.state.lock().unwrap() = CellState::default();
-            outcome
+            let state = std::mem::take(&mut *router.state.lock().unwrap());
+            outcome.map(|o| (o, state))
         };
         lane.builds += 1;
         let started = std::time::Instant::now();
@@ -120,7 +122,7 @@ impl FastLane {
             Build::Built(library) => library,
             Build::Interrupted => {
                 return finish(Some(Outcome {
-                    error: Some(evaluator::interrupted_while_compiling()),
+                    error: Some(interrupted_while_compiling()),
                     ..Outcome::default()
                 }));
             }
@@ -147,14 +149,14 @@ impl FastLane {
             }
             FastEnd::Ran(Ok(())) => {
                 if let Some(panic) = &mut state.panic {
-                    panic.location =
-                        evaluator::cell_location(&panic.location, &source, &execute.code);
+                    panic.location = cell_location(&panic.location, &source, &execute.code);
                 }
-                evaluator::judge_run(&state, &execute.label)
+                judge_run(&state, &execute.label)
             }
             FastEnd::Died => {
                 self.child_died.store(true, Ordering::SeqCst);
-                Some(evaluator::evaluator_died(
+                state.died = true;
+                Some(evaluator_died(
                     &state,
                     "exit status not known here",
                     &[],
@@ -168,8 +170,9 @@ impl FastLane {
             started.elapsed()
         );
         if error.is_none() {
-            lane.items.extend(parts.items);
+            lane.items.extend(plan.items.iter().cloned());
         }
+        *router.state.lock().unwrap() = state;
         finish(Some(Outcome {
             error,
             ..Outcome::default()
@@ -201,7 +204,7 @@ impl FastLane {
             .env("CARGO_TARGET_DIR", &self.target)
             .env("CARGO_BUILD_BUILD_DIR", &self.target)
             .env("RUSTC", tool("rustc"))
-            .env("RUSTFLAGS", evaluator::CELL_RUSTFLAGS)
+            .env("RUSTFLAGS", CELL_RUSTFLAGS)
             .env(super::warnings::WRAPPER_ENV, "1")
             .env(super::warnings::WARNINGS_FILE_ENV, &self.warnings_file)
             .stdin(std::process::Stdio::null())
@@ -283,7 +286,7 @@ overflow-checks = true
 [dependencies]
 {}
 "#,
-        evaluator::cell_dependencies(slot)
+        cell_dependencies(slot)
             .iter()
             .map(|(name, spec)| format!("{name} = {spec}\n"))
             .collect::<String>()
@@ -307,9 +310,9 @@ overflow-checks = true
 
 /// The crate for one cell: earlier cells' definitions, this cell's, and the statements in an
 /// exported function that reports a panic instead of unwinding into the caller.
-fn crate_source(earlier: &[String], parts: &FastParts) -> String {
+fn crate_source(earlier: &[String], items: &[String], body: &str) -> String {
     let mut source = String::from("use rustloop as _;\n");
-    for item in earlier.iter().chain(&parts.items) {
+    for item in earlier.iter().chain(items) {
         source.push_str(item);
         source.push('\n');
     }
@@ -317,7 +320,7 @@ fn crate_source(earlier: &[String], parts: &FastParts) -> String {
         "#[unsafe(no_mangle)]\npub extern \"C\" fn rustloop_fast_cell() -> i32 {\n\
          let cell = std::panic::AssertUnwindSafe(|| {\n",
     );
-    source.push_str(&parts.body);
+    source.push_str(body);
     source.push_str("});\nstd::panic::catch_unwind(cell).is_err() as i32\n}\n");
     source
 }
@@ -362,15 +365,21 @@ mod tests {
 
     #[test]
     fn crate_source_keeps_earlier_definitions_and_catches_panics() {
-        let parts =
-            cell::fast_lane_parts(&cell::prepare("async fn two() -> u8 { 2 }\ntwo().await;"))
-                .unwrap();
-        let source = crate_source(&["use std::time::Duration;".to_owned()], &parts);
+        let prepared = cell::prepare("async fn two() -> u8 { 2 }\nlet t = two().await;");
+        let plan = crate::engine::store::Variables::default()
+            .plan(&prepared, &Default::default())
+            .unwrap();
+        let source = crate_source(
+            &["use std::time::Duration;".to_owned()],
+            &plan.items,
+            &plan.body,
+        );
         let duration = source.find("use std::time::Duration;").unwrap();
         let two = source.find("async fn two()").unwrap();
         let run = source.find("rustloop_fast_cell").unwrap();
         assert!(duration < two && two < run, "{source}");
         assert!(source.contains("rustloop::__await(two())"), "{source}");
+        assert!(source.contains("rustloop::__store::keep(\"t\""), "{source}");
         assert!(source.contains("catch_unwind(cell)"), "{source}");
     }
 }

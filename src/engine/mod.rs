@@ -11,6 +11,7 @@
 //! - `errors` renders compile errors and crashes; `warnings` keeps the compiler warnings worth
 //!   showing (as cargo's rustc wrapper).
 
+mod analysis;
 pub mod cache;
 pub mod cell;
 mod child;
@@ -18,7 +19,10 @@ mod errors;
 mod evaluator;
 mod fast_lane;
 mod link;
+mod outcome;
 mod router;
+mod run;
+mod store;
 mod warnings;
 
 pub use child::run_if_evaluation_process;

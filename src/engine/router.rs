@@ -49,8 +49,8 @@ pub struct CellState {
     pub crash_signal: Option<String>,
     /// The evaluation process stopped because the runtime library was rebuilt.
     pub runtime_changed: bool,
-    /// A compile failed because a kept variable's inferred type was wrong; rustc's type.
-    pub stored_type_found: Option<String>,
+    /// The evaluation process died during the cell (every kept value is gone).
+    pub died: bool,
     pub input: InputWaiter,
     /// The cell runs on the fast lane (compiled by rustloop while evcxr warms up).
     pub fast_lane: bool,

@@ -60,6 +60,9 @@ pub fn run_if_rustc_wrapper() {
             .any(|w| w[0] == "--crate-name" && w[1] == "ctx");
         if is_evcxr_cell && let Some(text) = text {
             let types = TypeGeneration::new(&text, types_file(Path::new(&file)));
+            // Cargo's own metadata hashes the dependencies too, so a `:dep` would change every
+            // `TypeId` of the crate and kept values of its types could no longer be read.
+            args = without_metadata(args);
             args.push("-C".into());
             args.push(format!("metadata=rustloop-types-{}", types.generation).into());
             type_state = Some(types);
@@ -80,6 +83,18 @@ pub fn run_if_rustc_wrapper() {
     };
     let _ = std::io::stderr().write_all(&output.stderr);
     keep_warnings(&output.stderr, Path::new(&file));
+    if output.status.success()
+        && let Some(source) = args
+            .iter()
+            .find(|a| a.to_string_lossy().ends_with("src/lib.rs"))
+    {
+        super::store::save_job(
+            Path::new(&rustc),
+            &args,
+            Path::new(source),
+            Path::new(&file),
+        );
+    }
     if let Some(types) = type_state
         && output.status.success()
     {
@@ -87,6 +102,27 @@ pub fn run_if_rustc_wrapper() {
         types.commit();
     }
     std::process::exit(output.status.code().unwrap_or(1));
+}
+
+/// `args` without `-C metadata=...`.
+fn without_metadata(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut iter = args.into_iter().peekable();
+    while let Some(arg) = iter.next() {
+        if arg == "-C"
+            && iter
+                .peek()
+                .is_some_and(|next| next.to_string_lossy().starts_with("metadata="))
+        {
+            iter.next();
+            continue;
+        }
+        if arg.to_string_lossy().starts_with("-Cmetadata=") {
+            continue;
+        }
+        out.push(arg);
+    }
+    out
 }
 
 /// In the type arguments of evcxr's variable-store calls, replaces the never type `!` (which

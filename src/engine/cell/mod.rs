@@ -13,6 +13,12 @@
 //! The rewrite is recorded as pieces of original and generated text, so compiler positions can
 //! be mapped back to what the user typed.
 
+mod complete;
+mod outline;
+
+pub use complete::{Completeness, is_complete};
+pub use outline::Part;
+
 use ra_ap_syntax::ast::{self, AstNode, HasModuleItem};
 use ra_ap_syntax::{Edition, SourceFile, SyntaxKind, SyntaxNode, TextRange};
 
@@ -21,6 +27,8 @@ use ra_ap_syntax::{Edition, SourceFile, SyntaxKind, SyntaxNode, TextRange};
 pub enum OwnCommand {
     /// `:tasks`: list live tasks.
     Tasks,
+    /// `:vars`: list the variables, with their types and cells.
+    Vars,
 }
 
 /// A cell ready for evcxr.
@@ -111,8 +119,13 @@ fn split_commands(cell: &str) -> (usize, Vec<OwnCommand>, String) {
         let trimmed = line.trim();
         let is_command = line.trim_start_matches(' ').starts_with(':') || line.starts_with('!');
         if is_command {
-            if trimmed == ":tasks" {
-                own.push(OwnCommand::Tasks);
+            let own_command = match trimmed {
+                ":tasks" => Some(OwnCommand::Tasks),
+                ":vars" => Some(OwnCommand::Vars),
+                _ => None,
+            };
+            if let Some(command) = own_command {
+                own.push(command);
                 text.push_str(&"\n".repeat(line.ends_with('\n') as usize));
             } else {
                 text.push_str(line);
@@ -353,50 +366,39 @@ fn render_inner(
     out
 }
 
-/// A cell the fast lane can run without evcxr: definitions, and statements that leave nothing
-/// behind for later cells.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FastParts {
-    /// Items (`fn`, `struct`, `use`, ...), each as written.
-    pub items: Vec<String>,
-    /// The rewritten statements, one per line group, in order.
-    pub body: String,
-}
-
-/// Splits a prepared cell for the fast lane, or `None` if only evcxr can run it: a `let` at
-/// the top level (a variable to keep), a command line, a `static` or item macro (state or
-/// definitions evcxr must own), `?` or `return` at the top level (evcxr's early-exit rules),
-/// or a syntax error (evcxr reports it best).
-pub fn fast_lane_parts(prepared: &Prepared) -> Option<FastParts> {
+/// Whether the fast lane can run a cell without evcxr: no command line, no `static` or
+/// item macro (state or definitions evcxr must own), no `?` or `return` at the top level
+/// (evcxr's early-exit rules), no final value, and no syntax error (evcxr reports it best).
+/// Its `let`s are fine: the variable store keeps them (see `store`).
+pub fn fast_lane_eligible(prepared: &Prepared) -> bool {
     if !prepared.own_commands.is_empty() {
-        return None;
+        return false;
     }
     let (commands, rust) = prepared.code.split_at(prepared.map.rust_start);
     if commands
         .lines()
         .any(|l| !l.trim().is_empty() && !l.starts_with("//"))
     {
-        return None;
+        return false;
     }
     let wrapped = format!("{WRAP_PREFIX}{rust}\n}}");
-    let parse = SourceFile::parse(&wrapped, Edition::Edition2024);
-    if !parse.errors().is_empty() {
-        return None;
+    if !SourceFile::parse(&wrapped, Edition::Edition2024)
+        .errors()
+        .is_empty()
+    {
+        return false;
     }
-    let (_file, body) = parse_body(rust);
-    let body = body?;
-    if body.tail_expr().is_some() {
-        return None;
-    }
-    let mut parts = FastParts {
-        items: Vec::new(),
-        body: String::new(),
+    let (_file, Some(body)) = parse_body(rust) else {
+        return false;
     };
-    for statement in body.statements() {
-        match statement {
-            ast::Stmt::LetStmt(_) => return None,
-            ast::Stmt::Item(item) => match item {
-                ast::Item::Fn(_)
+    if body.tail_expr().is_some() {
+        return false;
+    }
+    body.statements().all(|statement| match statement {
+        ast::Stmt::LetStmt(_) => true,
+        ast::Stmt::Item(item) => matches!(
+            item,
+            ast::Item::Fn(_)
                 | ast::Item::Struct(_)
                 | ast::Item::Enum(_)
                 | ast::Item::Union(_)
@@ -406,220 +408,16 @@ pub fn fast_lane_parts(prepared: &Prepared) -> Option<FastParts> {
                 | ast::Item::Use(_)
                 | ast::Item::Const(_)
                 | ast::Item::Module(_)
-                | ast::Item::MacroRules(_) => parts.items.push(item.syntax().to_string()),
-                _ => return None,
-            },
-            ast::Stmt::ExprStmt(expr) => {
-                if expr.expr().is_some_and(|e| is_brace_macro(e.syntax())) {
-                    return None;
-                }
-                let exits_early = expr.syntax().descendants().any(|node| {
+                | ast::Item::MacroRules(_)
+        ),
+        ast::Stmt::ExprStmt(expr) => {
+            !expr.expr().is_some_and(|e| is_brace_macro(e.syntax()))
+                && !expr.syntax().descendants().any(|node| {
                     (ast::TryExpr::can_cast(node.kind()) || ast::ReturnExpr::can_cast(node.kind()))
                         && at_top_level(&node, body.syntax())
-                });
-                if exits_early {
-                    return None;
-                }
-                parts.body.push_str(&expr.syntax().to_string());
-                parts.body.push('\n');
-            }
+                })
         }
-    }
-    Some(parts)
-}
-
-/// rust-analyzer cannot expand some macros (tokio's `select!` uses a proc macro), so evcxr
-/// may store a variable bound from one under a wrong type. Given the type rustc found, writes
-/// it into the cell's one untyped `let x = some_macro!(...)`; `None` if there is not exactly one.
-pub fn annotate_macro_let(cell: &str, ty: &str) -> Option<String> {
-    let (commands_end, _, _) = split_commands(cell);
-    let rust = &cell[commands_end..];
-    let (_file, body) = parse_body(rust);
-    let lets: Vec<ast::LetStmt> = body?
-        .statements()
-        .filter_map(|stmt| match stmt {
-            ast::Stmt::LetStmt(l) => Some(l),
-            _ => None,
-        })
-        .filter(|l| {
-            l.ty().is_none()
-                && matches!(l.pat(), Some(ast::Pat::IdentPat(_)))
-                && matches!(l.initializer(), Some(ast::Expr::MacroExpr(_)))
-        })
-        .collect();
-    let [only] = lets.as_slice() else {
-        return None;
-    };
-    let at = usize::from(only.pat()?.syntax().text_range().end()) - WRAP_PREFIX.len();
-    let mut out = cell[..commands_end + at].to_owned();
-    out.push_str(&format!(": {ty}"));
-    out.push_str(&rust[at..]);
-    Some(out)
-}
-
-/// Whether a cell is complete, for `is_complete_request` (`jupyter console` continues lines
-/// while a cell is incomplete).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Completeness {
-    Complete,
-    /// More input expected; the indent to continue with.
-    Incomplete(String),
-    Invalid,
-}
-
-pub fn is_complete(cell: &str) -> Completeness {
-    let (commands_end, _, _) = split_commands(cell);
-    let rust = &cell[commands_end..];
-    if rust.trim().is_empty() {
-        return Completeness::Complete;
-    }
-    match scan_brackets(rust) {
-        Brackets::Unbalanced => return Completeness::Invalid,
-        Brackets::Open(depth) => return Completeness::Incomplete("    ".repeat(depth.max(1))),
-        Brackets::Balanced => {}
-    }
-    let trimmed = rust.trim_end();
-    const CONTINUATIONS: &[&str] = &[
-        "=", "+", "-", "*", "/", "%", "&&", "||", "|", "&", "^", ",", ".", "->", "=>", "::", "<",
-        "as", "in",
-    ];
-    if CONTINUATIONS.iter().any(|c| trimmed.ends_with(c)) && !trimmed.ends_with("..") {
-        return Completeness::Incomplete(String::new());
-    }
-    let parse_errors = SourceFile::parse(&format!("{WRAP_PREFIX}{rust}\n}}"), Edition::Edition2024)
-        .errors()
-        .into_iter()
-        // A final `let x = 1` without `;` is accepted by evcxr.
-        .filter(|e| !e.to_string().contains("expected SEMICOLON"))
-        .count();
-    if parse_errors > 0 {
-        Completeness::Invalid
-    } else {
-        Completeness::Complete
-    }
-}
-
-enum Brackets {
-    Balanced,
-    Open(usize),
-    Unbalanced,
-}
-
-/// Tracks (), [], {} outside strings, chars and comments. Unterminated strings or block
-/// comments count as open.
-fn scan_brackets(src: &str) -> Brackets {
-    let bytes = src.as_bytes();
-    let mut stack = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        let c = bytes[i];
-        match c {
-            b'/' if bytes.get(i + 1) == Some(&b'/') => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                let mut depth = 1;
-                i += 2;
-                while i < bytes.len() && depth > 0 {
-                    if bytes[i] == b'/' && bytes.get(i + 1) == Some(&b'*') {
-                        depth += 1;
-                        i += 1;
-                    } else if bytes[i] == b'*' && bytes.get(i + 1) == Some(&b'/') {
-                        depth -= 1;
-                        i += 1;
-                    }
-                    i += 1;
-                }
-                if depth > 0 {
-                    return Brackets::Open(stack.len() + 1);
-                }
-                continue;
-            }
-            b'r' | b'b'
-                if {
-                    // raw strings: r"..", r#".."#, br#".."#
-                    let mut j = i + if c == b'b' { 1 } else { 0 };
-                    bytes.get(j) == Some(&b'r')
-                        && {
-                            j += 1;
-                            while bytes.get(j) == Some(&b'#') {
-                                j += 1;
-                            }
-                            bytes.get(j) == Some(&b'"')
-                        }
-                        && (i == 0 || !is_ident_byte(bytes[i - 1]))
-                } =>
-            {
-                let mut j = i + if c == b'b' { 2 } else { 1 };
-                let mut hashes = 0;
-                while bytes[j] == b'#' {
-                    hashes += 1;
-                    j += 1;
-                }
-                j += 1; // opening quote
-                let closing: Vec<u8> = std::iter::once(b'"')
-                    .chain(std::iter::repeat_n(b'#', hashes))
-                    .collect();
-                match bytes[j..]
-                    .windows(closing.len())
-                    .position(|w| w == closing.as_slice())
-                {
-                    Some(p) => i = j + p + closing.len(),
-                    None => return Brackets::Open(stack.len() + 1),
-                }
-                continue;
-            }
-            b'"' => {
-                i += 1;
-                loop {
-                    match bytes.get(i) {
-                        None => return Brackets::Open(stack.len() + 1),
-                        Some(b'\\') => i += 2,
-                        Some(b'"') => break,
-                        Some(_) => i += 1,
-                    }
-                }
-            }
-            b'\'' => {
-                // A char literal ('a', '\n', '\u{..}') or a lifetime ('a).
-                if bytes.get(i + 1) == Some(&b'\\') {
-                    let mut j = i + 2;
-                    while j < bytes.len() && bytes[j] != b'\'' {
-                        j += 1;
-                    }
-                    i = j;
-                } else if let Some(len) = src[i + 1..].chars().next().map(char::len_utf8)
-                    && bytes.get(i + 1 + len) == Some(&b'\'')
-                {
-                    i += 1 + len;
-                }
-            }
-            b'(' | b'[' | b'{' => stack.push(c),
-            b')' | b']' | b'}' => {
-                let open = match c {
-                    b')' => b'(',
-                    b']' => b'[',
-                    _ => b'{',
-                };
-                if stack.pop() != Some(open) {
-                    return Brackets::Unbalanced;
-                }
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    if stack.is_empty() {
-        Brackets::Balanced
-    } else {
-        Brackets::Open(stack.len())
-    }
-}
-
-fn is_ident_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_'
+    })
 }
 
 #[cfg(test)]
@@ -713,74 +511,30 @@ mod tests {
     }
 
     #[test]
-    fn fast_lane_takes_definitions_and_statements_only() {
-        let parts = fast_lane_parts(&prepare(
+    fn fast_lane_takes_definitions_lets_and_statements() {
+        assert!(fast_lane_eligible(&prepare(
             "use std::time::Duration;\n#[derive(Debug)]\nstruct P(u8);\nasync fn f() -> u8 { 1 }\n\
-             println!(\"start\");\ntokio::time::sleep(Duration::from_millis(1)).await;\nf().await",
-        ))
-        .expect("eligible");
-        assert_eq!(
-            parts.items,
-            [
-                "use std::time::Duration;",
-                "#[derive(Debug)]\nstruct P(u8);",
-                "async fn f() -> u8 { 1 }"
-            ]
-        );
-        assert!(
-            parts.body.starts_with("println!(\"start\");\n"),
-            "{}",
-            parts.body
-        );
-        assert!(
-            parts.body.contains("rustloop::__await(tokio::time::sleep("),
-            "{}",
-            parts.body
-        );
-        assert!(
-            parts.body.contains("rustloop::__result_end();"),
-            "{}",
-            parts.body
-        );
+             let x = 1;\nprintln!(\"start\");\ntokio::time::sleep(Duration::from_millis(1)).await;\nf().await",
+        )));
         // `?` and `return` inside functions and async blocks are fine.
-        assert!(
-            fast_lane_parts(&prepare(
-                "fn g() -> Option<u8> { Some(1)? ; None }\nlet _ = 1;"
-            ))
-            .is_none()
-        );
-        assert!(
-            fast_lane_parts(&prepare(
-                "fn g() -> Option<u8> { Some(1)?; None }\nasync { Some(2)? ; Some(3) }.await;"
-            ))
-            .is_some()
-        );
+        assert!(!fast_lane_eligible(&prepare(
+            "fn g() -> Option<u8> { Some(1)? ; None }\nlet _ = 1?;"
+        )));
+        assert!(fast_lane_eligible(&prepare(
+            "fn g() -> Option<u8> { Some(1)?; None }\nasync { Some(2)? ; Some(3) }.await;"
+        )));
         for cell in [
-            "let x = 1;",
             ":dep rand\nrand::random::<u8>();",
             ":tasks",
+            ":vars",
             "static N: u8 = 1;",
             "thread_local! { static T: u8 = 1; }",
             "std::fs::read(\"x\")?;",
             "if true { return; }",
             "fn broken( {",
         ] {
-            assert_eq!(fast_lane_parts(&prepare(cell)), None, "{cell}");
+            assert!(!fast_lane_eligible(&prepare(cell)), "{cell}");
         }
-    }
-
-    #[test]
-    fn macro_let_gets_the_found_type() {
-        let cell = "let a = 1;\nlet r = tokio::select! { x = f() => x };\nr";
-        assert_eq!(
-            annotate_macro_let(cell, "&str").unwrap(),
-            "let a = 1;\nlet r: &str = tokio::select! { x = f() => x };\nr"
-        );
-        assert_eq!(annotate_macro_let("let r: u8 = m!();", "u8"), None);
-        assert_eq!(
-            annotate_macro_let("let a = m!(); let b = m!();", "u8"),
-            None
-        );
     }
 
     #[test]

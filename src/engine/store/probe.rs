@@ -1,0 +1,384 @@
+//! rustc spells the types of a cell's variables: after the cell compiled, the same crate is
+//! type-checked again with `--cfg rustloop_probe`, which turns on one `let _: () = x;` line per
+//! variable (and one for its trait-object form). Each fails with "expected `()`, found `T`",
+//! and `T` is printed with full public paths (`-Ztrim-diagnostic-paths=false`, a `-Z` flag, hence
+//! `RUSTC_BOOTSTRAP=1` for this check alone). It runs beside the next cells, off their path.
+//!
+//! The rustc wrapper saves the job ([`save_job`]): the compiler, its arguments and a copy of
+//! the cell's source, since the next cell overwrites the file.
+
+use super::Ty;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const PROBE_MARK: &str = "// rustloop-probe ";
+const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A cell crate to type-check again.
+#[derive(Debug, Clone)]
+pub struct ProbeJob {
+    rustc: PathBuf,
+    args: Vec<OsString>,
+    source: PathBuf,
+}
+
+/// Where the wrapper leaves the job of the last cell build (beside the warnings file).
+pub fn job_file(warnings_file: &Path) -> PathBuf {
+    warnings_file.with_file_name(".rustloop-probe.json")
+}
+
+/// Called by the rustc wrapper after a cell crate compiled: remembers how to probe it, if its
+/// source has probe lines.
+pub fn save_job(rustc: &Path, args: &[OsString], source: &Path, warnings_file: &Path) {
+    let Ok(text) = std::fs::read_to_string(source) else {
+        return;
+    };
+    if !text.contains(PROBE_MARK) {
+        return;
+    }
+    let copy = warnings_file.with_file_name(format!(".rustloop-probe-{}.rs", std::process::id()));
+    if std::fs::write(&copy, text).is_err() {
+        return;
+    }
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| {
+            if Path::new(a) == source {
+                copy.to_string_lossy().into_owned()
+            } else {
+                a.to_string_lossy().into_owned()
+            }
+        })
+        .collect();
+    let job = json!({"rustc": rustc, "args": args, "source": copy});
+    let _ = std::fs::write(job_file(warnings_file), job.to_string());
+}
+
+impl ProbeJob {
+    /// Takes the job the wrapper left (so a later cell never reads it again).
+    pub fn take(warnings_file: &Path) -> Option<ProbeJob> {
+        let file = job_file(warnings_file);
+        let text = std::fs::read_to_string(&file).ok()?;
+        let _ = std::fs::remove_file(&file);
+        let job: Value = serde_json::from_str(&text).ok()?;
+        Some(ProbeJob {
+            rustc: job["rustc"].as_str()?.into(),
+            args: job["args"]
+                .as_array()?
+                .iter()
+                .filter_map(|a| a.as_str().map(OsString::from))
+                .collect(),
+            source: job["source"].as_str()?.into(),
+        })
+    }
+
+    /// Runs the probe on a thread; the receiver gets the types found for `names`.
+    pub fn start(self, names: Vec<String>) -> mpsc::Receiver<BTreeMap<String, Ty>> {
+        let (tx, rx) = mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("rustloop-type-probe".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let found = self.run(&names);
+                tracing::info!("type probe: {found:?} in {:.2?}", started.elapsed());
+                let _ = std::fs::remove_file(&self.source);
+                let _ = tx.send(found);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start the type probe: {e}");
+        }
+        rx
+    }
+
+    fn run(&self, names: &[String]) -> BTreeMap<String, Ty> {
+        let out = std::env::temp_dir().join(format!("rustloop-probe-{}", std::process::id()));
+        let mut command = std::process::Command::new(&self.rustc);
+        command
+            .args(probe_args(&self.args))
+            .args([
+                "--cfg",
+                "rustloop_probe",
+                "--emit=metadata",
+                "--error-format=json",
+            ])
+            .args([
+                "-Ztrim-diagnostic-paths=false",
+                "-Zwrite-long-types-to-disk=no",
+            ])
+            .arg("--out-dir")
+            .arg(&out)
+            .env("RUSTC_BOOTSTRAP", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let output = match spawn_with_timeout(command) {
+            Ok(output) => output,
+            Err(e) => {
+                tracing::warn!("type probe: {e}");
+                return BTreeMap::new();
+            }
+        };
+        let source = std::fs::read_to_string(&self.source).unwrap_or_default();
+        parse(&String::from_utf8_lossy(&output), &source, names)
+    }
+}
+
+fn spawn_with_timeout(mut command: std::process::Command) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only an async-signal-safe call between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn()?;
+    let mut stderr = child.stderr.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = stderr.read_to_end(&mut bytes);
+        bytes
+    });
+    let deadline = Instant::now() + PROBE_TIMEOUT;
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::other("rustc took too long"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(reader.join().unwrap_or_default())
+}
+
+/// The cell build's arguments without what writes files or picks an output format.
+fn probe_args(args: &[OsString]) -> Vec<OsString> {
+    let mut out = Vec::new();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let text = arg.to_string_lossy();
+        if matches!(
+            text.as_ref(),
+            "-o" | "--out-dir" | "--emit" | "--error-format" | "--json"
+        ) {
+            iter.next();
+            continue;
+        }
+        if text.starts_with("--emit=")
+            || text.starts_with("--error-format=")
+            || text.starts_with("--json=")
+            || text.starts_with("--out-dir=")
+        {
+            continue;
+        }
+        if text == "-C" {
+            if let Some(value) = iter.next() {
+                if !value.to_string_lossy().starts_with("incremental=") {
+                    out.push(arg.clone());
+                    out.push(value.clone());
+                }
+            }
+            continue;
+        }
+        out.push(arg.clone());
+    }
+    out
+}
+
+/// Types from rustc's JSON diagnostics, by the probe line each error points at.
+fn parse(stderr: &str, source: &str, names: &[String]) -> BTreeMap<String, Ty> {
+    let lines: Vec<&str> = source.lines().collect();
+    let mut own: BTreeMap<String, String> = BTreeMap::new();
+    let mut boxed: BTreeMap<String, String> = BTreeMap::new();
+    for diagnostic in stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    {
+        if diagnostic["code"]["code"] != "E0308" {
+            continue;
+        }
+        let Some(span) = diagnostic["spans"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["is_primary"] == true))
+        else {
+            continue;
+        };
+        let Some(line) = span["line_start"]
+            .as_u64()
+            .and_then(|n| lines.get(n as usize - 1))
+        else {
+            continue;
+        };
+        let Some((kind, name)) = line
+            .rsplit_once(PROBE_MARK)
+            .and_then(|(_, m)| m.trim().split_once(' '))
+        else {
+            continue;
+        };
+        let Some(ty) = found_type(&diagnostic) else {
+            continue;
+        };
+        match kind {
+            "own" => own.insert(name.to_owned(), ty),
+            _ => boxed.insert(name.to_owned(), ty),
+        };
+    }
+    names
+        .iter()
+        .map(|name| {
+            let ty = match (own.get(name), boxed.get(name)) {
+                (Some(t), _) if writable(t) => Ty::Own(t.clone()),
+                (_, Some(b)) if writable(b) => Ty::Boxed(b.clone()),
+                (Some(t), _) => Ty::Unnamed(t.clone()),
+                (None, _) => Ty::Unnamed("a type rustc does not spell".to_owned()),
+            };
+            (name.clone(), ty)
+        })
+        .collect()
+}
+
+/// The `T` of "expected `()`, found `T`": from the note (full paths) or, for types without
+/// one (primitives), from the label.
+fn found_type(diagnostic: &Value) -> Option<String> {
+    let quoted = |text: &str| -> Option<String> {
+        let rest = &text[text.rfind("found ")? + 6..];
+        let start = rest.find('`')? + 1;
+        let end = rest.rfind('`')?;
+        (start <= end).then(|| rest[start..end].to_owned())
+    };
+    let note = diagnostic["children"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["message"].as_str())
+        .find(|m| m.contains("expected unit type"));
+    let ty = match note {
+        Some(note) => quoted(note)?,
+        None => {
+            let label = diagnostic["spans"]
+                .as_array()?
+                .iter()
+                .find(|s| s["is_primary"] == true)?["label"]
+                .as_str()?
+                .to_owned();
+            if label.ends_with("found integer") {
+                "i32".to_owned()
+            } else if label.ends_with("found floating-point number") {
+                "f64".to_owned()
+            } else {
+                quoted(&label)?
+            }
+        }
+    };
+    // Integer and float literals not yet defaulted when the error is reported; the never type,
+    // which stable Rust does not let a cell write.
+    Some(
+        ty.replace("{integer}", "i32")
+            .replace("{float}", "f64")
+            .replace('!', "rustloop::__private::Never"),
+    )
+}
+
+/// Whether a later cell can write `ty`.
+fn writable(ty: &str) -> bool {
+    const UNNAMEABLE: &[&str] = &[
+        "{closure",
+        "{async",
+        "{coroutine",
+        "{static",
+        "{extern",
+        "{unknown",
+        "{type error",
+        "{opaque",
+        "impl ",
+        "...",
+        "{fn ",
+    ];
+    !ty.is_empty() && !UNNAMEABLE.iter().any(|u| ty.contains(u))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn diagnostic(line: usize, label: &str, note: Option<&str>) -> String {
+        let children = note
+            .map(|n| vec![json!({"message": format!("expected unit type `()`\n   found {n}")})])
+            .unwrap_or_default();
+        json!({"code": {"code": "E0308"}, "children": children,
+               "spans": [{"is_primary": true, "line_start": line, "label": label}]})
+        .to_string()
+    }
+
+    #[test]
+    fn types_come_from_the_probe_lines() {
+        let source = "fn x() {\n\
+            #[cfg(rustloop_probe)] let _: () = m; // rustloop-probe own m\n\
+            #[cfg(rustloop_probe)] let _: () = f; // rustloop-probe own f\n\
+            #[cfg(rustloop_probe)] let _: () = b(f); // rustloop-probe boxed f\n\
+            #[cfg(rustloop_probe)] let _: () = n; // rustloop-probe own n\n}";
+        let stderr = [
+            diagnostic(
+                2,
+                "expected `()`, found `HashMap<i32, i32>`",
+                Some("struct `std::collections::HashMap<i32, i32>`"),
+            ),
+            diagnostic(
+                3,
+                "expected `()`, found closure",
+                Some("closure `{closure@src/lib.rs:3:1}`"),
+            ),
+            diagnostic(
+                4,
+                "expected `()`, found `Box<dyn FnMut(i32) -> i32>`",
+                Some("struct `std::boxed::Box<(dyn std::ops::FnMut(i32) -> i32 + 'static)>`"),
+            ),
+            diagnostic(5, "expected `()`, found integer", None),
+        ]
+        .join("\n");
+        let names = ["m", "f", "n", "z"].map(String::from);
+        let found = parse(&stderr, source, &names);
+        assert_eq!(
+            found["m"],
+            Ty::Own("std::collections::HashMap<i32, i32>".into())
+        );
+        assert_eq!(
+            found["f"],
+            Ty::Boxed("std::boxed::Box<(dyn std::ops::FnMut(i32) -> i32 + 'static)>".into())
+        );
+        assert_eq!(found["n"], Ty::Own("i32".into()));
+        assert!(matches!(found["z"], Ty::Unnamed(_)));
+    }
+
+    #[test]
+    fn outputs_and_incremental_state_are_not_shared_with_the_cell_build() {
+        let args: Vec<OsString> = [
+            "--crate-name",
+            "ctx",
+            "--emit=dep-info,link",
+            "-C",
+            "incremental=/x",
+            "-C",
+            "opt-level=0",
+            "--out-dir",
+            "/o",
+            "--json=artifacts",
+            "src/lib.rs",
+        ]
+        .map(OsString::from)
+        .to_vec();
+        let kept: Vec<String> = probe_args(&args)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            kept,
+            ["--crate-name", "ctx", "-C", "opt-level=0", "src/lib.rs"]
+        );
+    }
+}
