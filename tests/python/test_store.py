@@ -77,6 +77,12 @@ def test_borrows_end_with_their_cell_in_one_quiet_line(k):
     assert "not kept after this cell: it" in stdout_of(outputs)
 
 
+def test_any_variable_name_works(k):
+    # names the generated code uses for itself must not capture the user's
+    ok(k, "let b = 2u8;\nlet __rustloop_run = 3u8;")
+    assert value(k, "b + __rustloop_run") == "5"
+
+
 def test_type_named_with_a_trait_out_of_scope(k):
     ok(k, "let outcome = std::panic::catch_unwind(|| 1);")
     assert value(k, "outcome.is_ok()") == "true"

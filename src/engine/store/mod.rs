@@ -111,8 +111,9 @@ impl Variables {
         }
         let keep = |name: &str| {
             format!(
-                "{{ let b = (&&&&&&&&rustloop::__store::Keep(&{name})).boxer(); \
-                 rustloop::__store::keep(\"{name}\", {name}, b); }} {KEEP_MARK}{name}\n"
+                "{{ let __rustloop_boxer = (&&&&&&&&rustloop::__store::Keep(&{name})).boxer(); \
+                 rustloop::__store::keep(\"{name}\", {name}, __rustloop_boxer); }} \
+                 {KEEP_MARK}{name}\n"
             )
         };
         let mut body =
@@ -421,8 +422,8 @@ mod tests {
         let code = &plan.prepared.code;
         assert!(code.starts_with("fn f() {}\n{"), "{code}");
         assert!(code.contains("let mut v = rustloop::__store::take::<std::vec::Vec<i32>>(\"v\")"));
-        assert!(code.contains("rustloop::__store::keep(\"n\", n, b); } // rustloop-keep n"));
-        assert!(code.contains("rustloop::__store::keep(\"v\", v, b); } // rustloop-keep v"));
+        assert!(code.contains("keep(\"n\", n, __rustloop_boxer); } // rustloop-keep n"));
+        assert!(code.contains("keep(\"v\", v, __rustloop_boxer); } // rustloop-keep v"));
         assert_eq!(plan.bound, ["n"]);
         assert_eq!(plan.loads, ["v"]);
         assert!(
