@@ -26,6 +26,8 @@ pub type Boxer = fn(Box<dyn Any>) -> Box<dyn Any>;
 struct Entry {
     value: Box<dyn Any>,
     boxer: Option<Boxer>,
+    /// Size and alignment of the value's type, checked again before a retagged read.
+    layout: std::alloc::Layout,
 }
 
 struct Store(HashMap<String, Entry>);
@@ -49,6 +51,7 @@ pub fn keep<T: 'static>(name: &str, value: T, boxer: Option<Boxer>) {
             Entry {
                 value: Box::new(value),
                 boxer,
+                layout: std::alloc::Layout::new::<T>(),
             },
         )
     });
@@ -84,18 +87,59 @@ pub const REDEFINED_PREFIX: &str = "rustloop: the variable ";
 /// Takes the value kept under `name` in its trait-object form `B`.
 #[doc(hidden)]
 pub fn take_boxed<B: 'static>(name: &str) -> B {
-    let boxer = with(|s| s.get(name).and_then(|e| e.boxer));
-    if let Some(boxer) = boxer
-        && !with(|s| s.get(name).is_some_and(|e| e.value.is::<B>()))
-    {
-        let entry = with(|s| s.remove(name)).expect("checked above");
-        keep_erased(name, boxer(entry.value));
-    }
+    box_in_place(name);
     take(name)
 }
 
-fn keep_erased(name: &str, value: Box<dyn Any>) {
-    with(|s| s.insert(name.to_owned(), Entry { value, boxer: None }));
+/// Replaces the value kept under `name` by its trait-object form, if it has one.
+fn box_in_place(name: &str) {
+    let Some(entry) = with(|s| {
+        let boxer = s.get(name)?.boxer?;
+        let entry = s.remove(name)?;
+        Some((entry, boxer))
+    }) else {
+        return;
+    };
+    let (entry, boxer) = entry;
+    let value = boxer(entry.value);
+    with(|s| {
+        s.insert(
+            name.to_owned(),
+            Entry {
+                value,
+                boxer: None,
+                // A `Box` or a `Pin<Box<..>>` of a trait object.
+                layout: std::alloc::Layout::new::<Box<dyn Any>>(),
+            },
+        )
+    });
+}
+
+/// Takes a value kept before the cell crate's types were renumbered (a type was redefined, or
+/// the value was made by a fast-lane cell): its `TypeId` is the old one, so it is read as `T`
+/// without that check.
+///
+/// # Safety
+/// `T` must be the type the value was made with, spelled again, and no type it involves may
+/// have been defined differently since (rustloop checks the definitions before it generates
+/// this call). Size and alignment are checked here as well.
+#[doc(hidden)]
+pub unsafe fn take_retagged<T: 'static>(name: &str, boxed: bool) -> T {
+    if boxed {
+        box_in_place(name);
+    }
+    let entry = with(|s| s.remove(name))
+        .unwrap_or_else(|| panic!("rustloop: the variable `{name}` is no longer kept"));
+    if entry.value.is::<T>() {
+        return *entry.value.downcast::<T>().expect("checked");
+    }
+    if entry.layout != std::alloc::Layout::new::<T>() {
+        drop(entry);
+        panic!("{REDEFINED_PREFIX}`{name}` was dropped: its layout changed since it was made");
+    }
+    // SAFETY: the caller guarantees the value is a `T` under an older `TypeId`; the layout is
+    // the same, so the allocation is freed with the layout it was made with.
+    unsafe { *Box::from_raw(Box::into_raw(entry.value) as *mut T) }
 }
 
 /// Forgets the variables named (dropping their values), e.g. when their type was redefined.
@@ -126,6 +170,13 @@ pub mod kinds {
         KindSendFuture, KindSendIter,
     };
 }
+
+/// rustloop's type probe: a bound no type meets, so rustc names the type in its error.
+#[doc(hidden)]
+pub trait Probe {}
+
+#[doc(hidden)]
+pub fn probe<T: Probe + ?Sized>(_: &T) {}
 
 /// What a cell returns when its top level uses `?`: the error was shown (with `Display`, as
 /// evcxr does) and the evaluation process was told.

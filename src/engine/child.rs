@@ -584,7 +584,6 @@ fn flush_and_wait(frame: &[u8]) {
 
 struct CrashFrames {
     signals: Vec<(libc::c_int, Vec<u8>)>,
-    exit: Vec<u8>,
 }
 
 static CRASH_FRAMES: std::sync::OnceLock<CrashFrames> = std::sync::OnceLock::new();
@@ -608,10 +607,20 @@ extern "C" fn on_fatal_signal(signal: libc::c_int) {
     }
 }
 
-extern "C" fn on_exit() {
-    if let Some(frames) = CRASH_FRAMES.get() {
-        flush_and_wait(&frames.exit);
-    }
+unsafe extern "C" {
+    /// glibc's `atexit` that also gets the exit status.
+    fn on_exit(
+        function: extern "C" fn(libc::c_int, *mut libc::c_void),
+        arg: *mut libc::c_void,
+    ) -> libc::c_int;
+}
+
+/// At `exit` (e.g. `std::process::exit` in a cell): flush what the process printed, and say
+/// with which status it is leaving.
+extern "C" fn flush_at_exit(status: libc::c_int, _: *mut libc::c_void) {
+    flush_and_wait(&flush_frame(&format!(
+        "{{\"t\":\"flush\",\"exit\":{status}}}"
+    )));
 }
 
 fn install_crash_handlers() {
@@ -632,7 +641,6 @@ fn install_crash_handlers() {
                 )
             })
             .collect(),
-        exit: flush_frame("{\"t\":\"flush\",\"exit\":true}"),
     };
     let _ = CRASH_FRAMES.set(frames);
     for (signal, _) in names {
@@ -647,7 +655,7 @@ fn install_crash_handlers() {
         }
     }
     // SAFETY: registering a plain extern "C" function.
-    unsafe { libc::atexit(on_exit) };
+    unsafe { on_exit(flush_at_exit, std::ptr::null_mut()) };
     // A group SIGINT meant for the kernel must not kill the evaluator; interrupts arrive as
     // messages on the link.
     unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };

@@ -56,6 +56,21 @@ struct Inner {
 }
 
 impl Inner {
+    /// How the evaluation process ended, once it has (waits up to a second for it).
+    fn exit_status(&self) -> Option<String> {
+        let child = self.child.lock().unwrap().clone()?;
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            if let Ok(Some(status)) = child.lock().unwrap().try_wait() {
+                return Some(status.to_string());
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     fn cell_run(&self) -> CellRun<'_> {
         CellRun {
             router: &self.router,
@@ -123,15 +138,20 @@ impl Engine {
                     let id = request.id;
                     let prepared = cell::prepare(&request.code);
                     let plan = inner
-                        .variables
-                        .lock()
-                        .unwrap()
-                        .plan(&prepared, &Default::default())
+                        .cell_run()
+                        .plan(&prepared, &Default::default(), true)
                         .or_else(|| Variables::definitions_only(&prepared));
+                    let lost = inner.variables.lock().unwrap().names();
+                    let exit_status = || inner.exit_status();
                     let ran = plan.as_ref().and_then(|plan| {
-                        inner
-                            .fast_lane
-                            .run(&inner.router, &inner.link, &request, plan)
+                        inner.fast_lane.run(
+                            &inner.router,
+                            &inner.link,
+                            &request,
+                            plan,
+                            &lost,
+                            &exit_status,
+                        )
                     });
                     match (ran, plan) {
                         (Some((outcome, state)), Some(plan)) => {

@@ -91,12 +91,17 @@ impl FastLane {
     /// Runs a cell (rewritten around the variable store) on the lane, with the cell's final
     /// state. `None` if it cannot (the lane closed, the cell did not compile, no evaluation
     /// process yet): the caller sends the cell to evcxr.
+    ///
+    /// If the evaluation process dies, the error names `lost` (the variables kept until then)
+    /// and what `exit_status` says.
     pub fn run(
         &self,
         router: &Router,
         link: &Link,
         execute: &Execute,
         plan: &Plan,
+        lost: &[String],
+        exit_status: &dyn Fn() -> Option<String>,
     ) -> Option<(Outcome, CellState)> {
         let mut lane = self.lane.lock().unwrap();
         if !self.is_open() {
@@ -156,12 +161,8 @@ impl FastLane {
             FastEnd::Died => {
                 self.child_died.store(true, Ordering::SeqCst);
                 state.died = true;
-                Some(evaluator_died(
-                    &state,
-                    "exit status not known here",
-                    &[],
-                    false,
-                ))
+                let status = exit_status().unwrap_or_else(|| "exit status not known".into());
+                Some(evaluator_died(&state, &status, lost, false))
             }
         };
         tracing::info!(

@@ -105,7 +105,10 @@ pub fn evaluator_died(
             ),
         );
     }
-    let detail = message.trim().lines().last().unwrap_or("").to_owned();
+    let detail = match state.exit_status {
+        Some(status) => format!("exit status: {status}"),
+        None => message.trim().lines().last().unwrap_or("").to_owned(),
+    };
     let (ename, what) = match &state.crash_signal {
         Some(signal) => ("EvaluatorCrashed", format!("crashed with {signal}")),
         None if detail.contains("signal") => ("EvaluatorCrashed", format!("crashed ({detail})")),

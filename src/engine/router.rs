@@ -47,6 +47,8 @@ pub struct CellState {
     pub evcxr_panic: bool,
     pub question_mark_error: bool,
     pub crash_signal: Option<String>,
+    /// The evaluation process called `exit` with this status.
+    pub exit_status: Option<i64>,
     /// The evaluation process stopped because the runtime library was rebuilt.
     pub runtime_changed: bool,
     /// The evaluation process died during the cell (every kept value is gone).
@@ -388,6 +390,9 @@ impl Router {
             "flush" => {
                 if let Some(signal) = message["signal"].as_str() {
                     self.state.lock().unwrap().crash_signal = Some(signal.to_owned());
+                }
+                if let Some(status) = message["exit"].as_i64() {
+                    self.state.lock().unwrap().exit_status = Some(status);
                 }
             }
             other => tracing::debug!("unknown runtime message {other:?}"),

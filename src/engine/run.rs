@@ -6,7 +6,7 @@ use super::cell::{self, OwnCommand};
 use super::errors::{self, ErrorInfo};
 use super::outcome::{evaluator_died, interrupted_while_compiling, judge_run};
 use super::router::{CellState, InputWaiter, Router};
-use super::store::{self, Plan, ProbeJob, Variables};
+use super::store::{self, Definitions, Epoch, Plan, ProbeJob, Variables};
 use super::{Execute, Outcome, Output};
 use evcxr::{CommandContext, EvalCallbacks};
 use serde_json::{Map, Value, json};
@@ -20,6 +20,33 @@ pub struct CellRun<'a> {
     pub router: &'a Router,
     pub warnings_file: &'a Path,
     pub variables: &'a Mutex<Variables>,
+}
+
+impl CellRun<'_> {
+    /// The cell crate's definitions as the rustc wrapper last recorded them.
+    pub fn definitions(&self) -> Definitions {
+        Definitions::read(&super::warnings::types_file(self.warnings_file))
+    }
+
+    /// Rewrites a cell around the store (`lane`: for the fast lane's crate), and says which
+    /// variables it drops because a type they involve was redefined.
+    pub fn plan(
+        &self,
+        prepared: &cell::Prepared,
+        skip: &BTreeMap<String, String>,
+        lane: bool,
+    ) -> Option<Plan> {
+        let definitions = self.definitions();
+        let mut variables = self.variables.lock().unwrap();
+        let plan = variables.plan(prepared, skip, lane, &definitions)?;
+        if let Some(line) = variables.drop_stale(&plan) {
+            self.router.emit(Output::Stream {
+                stderr: false,
+                text: line,
+            });
+        }
+        Some(plan)
+    }
 }
 
 /// How many times a cell is compiled again without keeps that did not compile.
@@ -48,7 +75,7 @@ pub fn run_cell(cell_run: &CellRun, context: &mut CommandContext, execute: Execu
         let mut skip = BTreeMap::new();
         let mut attempt = 0;
         let (plan, mut error) = loop {
-            let plan = cell_run.variables.lock().unwrap().plan(&prepared, &skip);
+            let plan = cell_run.plan(&prepared, &skip, false);
             let code = plan.as_ref().map_or(&prepared, |p| &p.prepared);
             let mut compile_errors = Vec::new();
             let error = evaluate(cell_run, context, code, &execute, &mut compile_errors);
@@ -113,10 +140,16 @@ pub fn settle_variables(
     label: &str,
     state: Option<&CellState>,
 ) -> Option<String> {
-    let mut variables = cell_run.variables.lock().unwrap();
     let Some(state) = state else {
-        return variables.record(plan, label, ProbeJob::take(cell_run.warnings_file));
+        let epoch = match plan.epoch {
+            Epoch::Lane => Epoch::Lane,
+            Epoch::Ctx(_) => cell_run.definitions().now(),
+        };
+        let probe = ProbeJob::take(cell_run.warnings_file);
+        let mut variables = cell_run.variables.lock().unwrap();
+        return variables.record(plan, label, probe, epoch);
     };
+    let mut variables = cell_run.variables.lock().unwrap();
     if state.died {
         variables.clear();
         return None;
@@ -141,27 +174,39 @@ fn rustloop_redefined_prefix() -> &'static str {
     "rustloop: the variable "
 }
 
-/// A compile error about an earlier variable whose type cannot be written says so.
+/// A compile error about an earlier variable that a later cell cannot use (its type cannot be
+/// written, or it is no longer kept) says why.
 fn explain_unusable(cell_run: &CellRun, plan: &Plan, error: &mut ErrorInfo) {
     let variables = cell_run.variables.lock().unwrap();
+    let mut notes = Vec::new();
     for name in &plan.unusable {
-        if !error.evalue.contains(&format!("`{name}`")) {
-            continue;
+        if let Some(variable) = variables.get(name)
+            && let store::Ty::Unnamed(ty) = &variable.ty
+        {
+            notes.push((
+                name.clone(),
+                format!(
+                    "`{name}` (from cell {}) is kept, but its type `{ty}` cannot be written in \
+                     Rust, so later cells cannot use it; box it where it is made (e.g. as a \
+                     trait object)",
+                    variable.cell
+                ),
+            ));
         }
-        let Some(variable) = variables.get(name) else {
-            continue;
-        };
-        let ty = match &variable.ty {
-            store::Ty::Unnamed(t) => t.clone(),
-            _ => "?".to_owned(),
-        };
-        let note = format!(
-            "`{name}` (from cell {}) is kept, but its type `{ty}` cannot be written in Rust, so \
-             later cells cannot use it; box it where it is made (e.g. as a trait object)",
-            variable.cell
-        );
-        error.traceback.push(note.clone());
-        error.evalue.push_str(&format!(" ({note})"));
+    }
+    for name in variables.ended_names() {
+        if let Some((cell, why)) = variables.ended(&name) {
+            notes.push((
+                name.clone(),
+                format!("`{name}` (from cell {cell}) is no longer kept ({why})"),
+            ));
+        }
+    }
+    for (name, note) in notes {
+        if error.evalue.contains(&format!("`{name}`")) {
+            error.traceback.push(note.clone());
+            error.evalue.push_str(&format!(" ({note})"));
+        }
     }
 }
 
@@ -310,10 +355,7 @@ fn user_expressions(
     for (name, expression) in &execute.user_expressions {
         let prepared = cell::prepare(expression);
         let prepared = cell_run
-            .variables
-            .lock()
-            .unwrap()
-            .plan(&prepared, &BTreeMap::new())
+            .plan(&prepared, &BTreeMap::new(), false)
             .map_or(prepared, |plan| plan.prepared);
         {
             let mut state = router.state.lock().unwrap();

@@ -1,6 +1,6 @@
 //! rustloop as cargo's `RUSTC_WRAPPER` for cell builds: compiler warnings worth showing under a
-//! cell, the one source fix-up rustloop applies to evcxr's generated code (the never type, see
-//! `spell_never_type`), and a `TypeId` that changes when a type is redefined (`type_identity`).
+//! cell, the job for the variable store's type probe, and a `TypeId` that changes when a type
+//! is redefined (`TypeGeneration`).
 //!
 //! evcxr discards the warnings of cells that compile. rustloop runs as cargo's `RUSTC_WRAPPER`
 //! for cell builds: for the cell crate it tees rustc's JSON diagnostics, keeping the warnings of
@@ -54,7 +54,7 @@ pub fn run_if_rustc_wrapper() {
         .find(|a| a.to_string_lossy().ends_with("src/lib.rs"))
         .map(std::path::PathBuf::from)
     {
-        let text = spell_never_type(&source);
+        let text = std::fs::read_to_string(&source).ok();
         let is_evcxr_cell = args
             .windows(2)
             .any(|w| w[0] == "--crate-name" && w[1] == "ctx");
@@ -125,18 +125,6 @@ fn without_metadata(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     out
 }
 
-/// In the type arguments of evcxr's variable-store calls, replaces the never type `!` (which
-/// stable Rust rejects there) with `rustloop::__private::Never`, the same type spelled legally.
-/// Returns the source as rustc will read it.
-fn spell_never_type(source: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(source).ok()?;
-    let rewritten = rewrite_never(&text);
-    if rewritten != text {
-        let _ = std::fs::write(source, &rewritten);
-    }
-    Some(rewritten)
-}
-
 /// Where the wrapper remembers the cell crate's type definitions (next to the warnings file).
 pub fn types_file(warnings_file: &Path) -> std::path::PathBuf {
     warnings_file.with_file_name(".rustloop-types.json")
@@ -161,36 +149,25 @@ struct TypeGeneration {
 
 impl TypeGeneration {
     fn new(source: &str, file: std::path::PathBuf) -> TypeGeneration {
-        use ra_ap_syntax::ast::{self, AstNode, HasModuleItem, HasName};
         let mut state: serde_json::Value = std::fs::read_to_string(&file)
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
             .filter(|s: &serde_json::Value| s["types"].is_object())
             .unwrap_or_else(|| serde_json::json!({"generation": 0, "types": {}}));
         let mut generation = state["generation"].as_u64().unwrap_or(0);
-        let parsed = ra_ap_syntax::SourceFile::parse(source, ra_ap_syntax::Edition::Edition2024);
-        let mut changed = false;
-        for item in parsed.tree().items() {
-            let name = match &item {
-                ast::Item::Struct(i) => i.name(),
-                ast::Item::Enum(i) => i.name(),
-                ast::Item::Union(i) => i.name(),
-                ast::Item::TypeAlias(i) => i.name(),
-                ast::Item::Trait(i) => i.name(),
-                ast::Item::Module(i) => i.name(),
-                _ => None,
-            };
-            let Some(name) = name else { continue };
-            let text = item.syntax().to_string();
-            let known = &mut state["types"][name.text().to_string()];
+        let mut changed = Vec::new();
+        for (name, text) in super::store::type_definitions(source) {
+            let known = &mut state["types"][&name];
             if known.as_str().is_some_and(|old| old != text) {
-                changed = true;
+                changed.push(name);
             }
             *known = serde_json::Value::String(text);
         }
-        if changed {
+        if !changed.is_empty() {
             generation += 1;
             state["generation"] = generation.into();
+            // Which definitions changed, for the variable store (see `store::epoch`).
+            state["changed"][generation.to_string()] = changed.into();
         }
         TypeGeneration {
             generation,
@@ -203,26 +180,6 @@ impl TypeGeneration {
     fn commit(&self) {
         let _ = std::fs::write(&self.file, self.state.to_string());
     }
-}
-
-fn rewrite_never(text: &str) -> String {
-    const CALL: &str = "_variable::<";
-    const END: &str = ">(stringify!(";
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find(CALL) {
-        let type_start = start + CALL.len();
-        let Some(len) = rest[type_start..].find(END) else {
-            break;
-        };
-        out.push_str(&rest[..type_start]);
-        out.push_str(
-            &rest[type_start..type_start + len].replace('!', "rustloop::__private::Never"),
-        );
-        rest = &rest[type_start + len..];
-    }
-    out.push_str(rest);
-    out
 }
 
 fn keep_warnings(stderr: &[u8], file: &Path) {
@@ -316,17 +273,6 @@ mod tests {
     use super::*;
 
     const DIAGNOSTIC: &str = r#"{"$message_type":"diagnostic","message":"unused implementer of `Future` that must be used","code":{"code":"unused_must_use","explanation":null},"level":"warning","spans":[{"file_name":"src/lib.rs","is_primary":true,"text":[{"text":"    nested();","highlight_start":5,"highlight_end":13}]}],"children":[{"message":"futures do nothing unless you `.await` or poll them","level":"note"},{"message":"`#[warn(unused_must_use)]` on by default","level":"note"}]}"#;
-
-    #[test]
-    fn never_type_is_spelled_legally_in_store_calls_only() {
-        let text = "let x = s.take_variable::<JoinHandle<!>>(stringify!(x));\n\
-                    if a != b { s.put_variable::<Result<!, E>>(stringify!(y), y); }";
-        assert_eq!(
-            rewrite_never(text),
-            "let x = s.take_variable::<JoinHandle<rustloop::__private::Never>>(stringify!(x));\n\
-             if a != b { s.put_variable::<Result<rustloop::__private::Never, E>>(stringify!(y), y); }"
-        );
-    }
 
     #[test]
     fn type_generation_moves_only_when_a_known_type_is_redefined() {

@@ -81,15 +81,23 @@ def test_first_cells_run_during_warm_up_and_definitions_carry_over(logged):
     print(f"\nfirst cell {first:.2f}s; fast-lane cells: {fast_cells(k)}")
     assert fast_cells(k) == ["[1]", "[2]"], log_of(k)
 
-    # A `let` needs evcxr: it waits for the warm-up, then finds the lane's definitions.
+    # A `let` runs on the lane too: the variable store keeps its values.
     content, outputs = k.execute(
         "let p = Point { x: double_later(5).await, y: 0 };\nlet d: Duration = Duration::from_millis(1);\n(p.x, d)"
     )
     assert content["status"] == "ok", content
     assert result_of(outputs) == "(10, 1ms)"
-    content, outputs = k.execute("format!(\"{:?}\", p)")
-    assert result_of(outputs) == '"Point { x: 10, y: 0 }"'
-    assert fast_cells(k) == ["[1]", "[2]"]
+    assert fast_cells(k) == ["[1]", "[2]", "[3]"], log_of(k)
+
+    # Once evcxr is warm it reads the lane's values of the lane's types (the definitions it
+    # was handed are the same, so the layout is).
+    deadline = time.monotonic() + FIRST_CELL_TIMEOUT
+    while "evaluator warm after" not in log_of(k) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    content, outputs = k.execute("format!(\"{:?} {:?}\", p, d)")
+    assert content["status"] == "ok", content
+    assert result_of(outputs) == '"Point { x: 10, y: 0 } 1ms"'
+    assert fast_cells(k) == ["[1]", "[2]", "[3]"]
 
 
 def test_lane_cells_fail_interrupt_and_warn_like_any_cell(logged):
@@ -118,7 +126,8 @@ def test_lane_cells_fail_interrupt_and_warn_like_any_cell(logged):
         assert "futures do nothing unless you `.await`" in stderr_of(outputs)
 
         # an interrupt cancels the `.await` at once
-        threading.Timer(0.5, k2.km.interrupt_kernel).start()
+        # after the lane compiled the cell (about 0.5 s while evcxr warms up on the other core)
+        threading.Timer(1.5, k2.km.interrupt_kernel).start()
         t0 = time.monotonic()
         content, outputs = k2.execute(
             'println!("waiting");\ntokio::time::sleep(std::time::Duration::from_secs(60)).await;'

@@ -24,8 +24,10 @@
 //! Types are spelled after the cell compiled, by rustc itself ([`probe`]), and only used when a
 //! later cell loads the variable.
 
+mod epoch;
 mod probe;
 
+pub use epoch::{Definitions, Epoch, type_definitions};
 pub use probe::{ProbeJob, job_file, save_job};
 
 use super::cell::{Part, Prepared};
@@ -53,6 +55,8 @@ pub struct Variable {
     /// The label of the cell that made it, e.g. `[3]`.
     pub cell: String,
     pub ty: Ty,
+    /// Where its `TypeId`s come from.
+    pub epoch: Epoch,
 }
 
 /// The engine's record of the kept variables.
@@ -61,7 +65,8 @@ pub struct Variables {
     kept: BTreeMap<String, Variable>,
     /// Variables of recent cells that ended with their cell, and why.
     ended: BTreeMap<String, (String, String)>,
-    probes: Vec<mpsc::Receiver<BTreeMap<String, Ty>>>,
+    /// Running type probes, with the names each spells.
+    probes: Vec<(Vec<String>, mpsc::Receiver<BTreeMap<String, Ty>>)>,
 }
 
 /// A cell rewritten around the store.
@@ -78,36 +83,78 @@ pub struct Plan {
     pub loads: Vec<String>,
     /// Earlier variables it mentions whose type cannot be written.
     pub unusable: Vec<String>,
+    /// Earlier variables dropped before it: (name, cell, the redefined type they involve).
+    pub dropped: Vec<(String, String, String)>,
+    /// Where the `TypeId`s of the values it keeps come from.
+    pub epoch: Epoch,
     skipped: BTreeMap<String, String>,
 }
 
 impl Variables {
-    /// Rewrites `prepared` around the store. `skip` names keeps to leave out, with the reason
-    /// (from [`keep_failures`](Self::keep_failures)). `None` when the cell does not parse or
-    /// has no statements (definitions and commands need no store).
-    pub fn plan(&mut self, prepared: &Prepared, skip: &BTreeMap<String, String>) -> Option<Plan> {
+    /// Rewrites `prepared` around the store, for a crate compiled at `epoch` (the fast lane's,
+    /// or evcxr's at the generation `definitions` say this cell gets). `skip` names keeps to
+    /// leave out, with the reason (from [`keep_failures`](Self::keep_failures)). `None` when the
+    /// cell does not parse or has no statements (definitions and commands need no store).
+    pub fn plan(
+        &mut self,
+        prepared: &Prepared,
+        skip: &BTreeMap<String, String>,
+        lane: bool,
+        definitions: &Definitions,
+    ) -> Option<Plan> {
         let outline = prepared.outline().filter(|o| !o.statements.is_empty())?;
-        self.settle();
+        // Wait only for the types of variables this cell may use.
+        self.settle_for(|name| outline.mentioned.contains(name));
+        let items: Vec<String> = outline
+            .items
+            .iter()
+            .map(|r| prepared.code[r.clone()].to_owned())
+            .collect();
+        let (epoch, redefined) = match lane {
+            true => (Epoch::Lane, Vec::new()),
+            false => definitions.after(&items),
+        };
         let mut loads = Vec::new();
         let mut unusable = Vec::new();
+        let mut dropped = Vec::new();
         let mut load_lines = String::new();
         for name in outline.mentioned.iter() {
             let Some(variable) = self.kept.get(name) else {
                 continue;
             };
-            let call = match &variable.ty {
-                Ty::Own(ty) => format!("take::<{ty}>"),
-                Ty::Boxed(ty) => format!("take_boxed::<{ty}>"),
+            let (ty, boxed) = match &variable.ty {
+                Ty::Own(ty) => (ty, false),
+                Ty::Boxed(ty) => (ty, true),
                 Ty::Pending | Ty::Unnamed(_) => {
                     unusable.push(name.clone());
                     continue;
                 }
             };
+            let call = if variable.epoch == epoch {
+                let take = if boxed { "take_boxed" } else { "take" };
+                format!("rustloop::__store::{take}::<{ty}>(\"{name}\")")
+            } else {
+                let changed = definitions.changed_since(variable.epoch, &redefined);
+                if let Some(what) = changed.iter().find(|c| epoch::mentions(ty, c)) {
+                    dropped.push((name.clone(), variable.cell.clone(), what.clone()));
+                    continue;
+                }
+                // SAFETY (of the generated call): no definition the type involves changed.
+                format!(
+                    "unsafe {{ rustloop::__store::take_retagged::<{ty}>(\"{name}\", {boxed}) }}"
+                )
+            };
             load_lines.push_str(&format!(
-                "#[allow(unused_mut, unused_variables)] let mut {name} = \
-                 rustloop::__store::{call}(\"{name}\");\n"
+                "#[allow(unused_mut, unused_variables)] let mut {name} = {call};\n"
             ));
             loads.push(name.clone());
+        }
+        if !dropped.is_empty() {
+            let names: Vec<String> = dropped.iter().map(|(n, _, _)| format!("{n:?}")).collect();
+            load_lines.insert_str(
+                0,
+                &format!("rustloop::__store::forget(&[{}]);\n", names.join(", ")),
+            );
         }
         let keep = |name: &str| {
             format!(
@@ -126,11 +173,9 @@ impl Variables {
             "let __rustloop_run = ::std::panic::catch_unwind(::std::panic::AssertUnwindSafe(|| {\n"
         });
         let mut parts = vec![];
-        let mut items = Vec::new();
         for range in &outline.items {
             parts.push(Part::Code(range.clone()));
             parts.push(Part::Text("\n".into()));
-            items.push(prepared.code[range.clone()].to_owned());
         }
         let head = body.clone();
         parts.push(Part::Text(head));
@@ -147,9 +192,11 @@ impl Variables {
                 continue;
             }
             tail.push_str(&format!(
-                "#[cfg(rustloop_probe)] let _: () = {name}; // rustloop-probe own {name}\n\
-                 #[cfg(rustloop_probe)] let _: () = (&&&&&&&&rustloop::__store::Keep(&{name}))\
-                 .boxed_form(); // rustloop-probe boxed {name}\n"
+                "#[cfg(rustloop_probe)] rustloop::__store::probe(&{name}); \
+                 // rustloop-probe own {name}\n\
+                 #[cfg(rustloop_probe)] rustloop::__store::probe(\
+                 &(&&&&&&&&rustloop::__store::Keep(&{name})).boxed_form()); \
+                 // rustloop-probe boxed {name}\n"
             ));
         }
         for name in &outline.bound {
@@ -188,6 +235,8 @@ impl Variables {
                 .collect(),
             loads,
             unusable,
+            dropped,
+            epoch,
             skipped: skip.clone(),
         })
     }
@@ -206,6 +255,8 @@ impl Variables {
             bound: Vec::new(),
             loads: Vec::new(),
             unusable: Vec::new(),
+            dropped: Vec::new(),
+            epoch: Epoch::Lane,
             skipped: BTreeMap::new(),
         })
     }
@@ -250,11 +301,54 @@ impl Variables {
         (failed.len() > plan.skipped.len()).then_some(failed)
     }
 
+    /// Before a cell runs: forgets the variables its plan drops (the cell's first line drops
+    /// their values); the line that names them.
+    pub fn drop_stale(&mut self, plan: &Plan) -> Option<String> {
+        let named: Vec<String> = plan
+            .dropped
+            .iter()
+            .map(|(name, cell, ty)| {
+                self.kept.remove(name);
+                self.ended.insert(
+                    name.clone(),
+                    (
+                        cell.clone(),
+                        format!("dropped: its type involves `{ty}`, which was redefined"),
+                    ),
+                );
+                format!("{name} (from cell {cell}, involves `{ty}`)")
+            })
+            .collect();
+        (!named.is_empty()).then(|| {
+            format!(
+                "dropped because a type they involve was redefined: {}\n",
+                named.join(", ")
+            )
+        })
+    }
+
     /// After a cell ran to the end: its variables are kept (types follow from `probe`), and
-    /// the line to show about those that ended with it.
-    pub fn record(&mut self, plan: &Plan, label: &str, probe: Option<ProbeJob>) -> Option<String> {
+    /// the line to show about those that ended with it. `epoch`: where the `TypeId`s of its
+    /// values come from (the generation the wrapper gave the build).
+    pub fn record(
+        &mut self,
+        plan: &Plan,
+        label: &str,
+        probe: Option<ProbeJob>,
+        epoch: Epoch,
+    ) -> Option<String> {
         for name in plan.skipped.keys() {
             self.kept.remove(name);
+        }
+        for name in &plan.loads {
+            if let Some(v) = self.kept.get_mut(name) {
+                // Put back by this cell, so under this cell's `TypeId`s.
+                v.epoch = epoch;
+            }
+        }
+        for (names, _) in &mut self.probes {
+            // An earlier probe's answer is about the earlier value.
+            names.retain(|n| !plan.bound.contains(n));
         }
         for name in &plan.bound {
             self.ended.remove(name);
@@ -263,12 +357,16 @@ impl Variables {
                 Variable {
                     cell: label.to_owned(),
                     ty: Ty::Pending,
+                    epoch,
                 },
             );
         }
         if !plan.bound.is_empty() {
             match probe {
-                Some(job) => self.probes.push(job.start(plan.bound.clone())),
+                Some(job) => {
+                    let names = plan.bound.clone();
+                    self.probes.push((names.clone(), job.start(names)));
+                }
                 None => {
                     for name in &plan.bound {
                         self.kept.get_mut(name).expect("just inserted").ty =
@@ -320,6 +418,16 @@ impl Variables {
         self.kept.get(name)
     }
 
+    /// A variable that is no longer kept: the cell that made it, and why it is gone.
+    pub fn ended(&self, name: &str) -> Option<&(String, String)> {
+        self.ended.get(name)
+    }
+
+    /// Names of variables that are no longer kept.
+    pub fn ended_names(&self) -> Vec<String> {
+        self.ended.keys().cloned().collect()
+    }
+
     /// `:vars`: each variable with its type, the cell that made it, and whether it is kept.
     pub fn table(&mut self) -> String {
         self.settle();
@@ -361,21 +469,37 @@ impl Variables {
 
     /// Waits for running probes and records the types they found.
     fn settle(&mut self) {
-        for probe in std::mem::take(&mut self.probes) {
-            let found = probe.recv().unwrap_or_default();
-            for (name, ty) in found {
-                if let Some(v) = self.kept.get_mut(&name)
+        self.settle_for(|_| true);
+    }
+
+    /// Waits for the running probes that spell a name `wanted` accepts (and for those that
+    /// have finished anyway), and records the types they found.
+    fn settle_for(&mut self, wanted: impl Fn(&str) -> bool) {
+        let mut running = Vec::new();
+        for (names, probe) in std::mem::take(&mut self.probes) {
+            let found = if names.iter().any(|n| wanted(n)) {
+                probe.recv().unwrap_or_default()
+            } else {
+                match probe.try_recv() {
+                    Ok(found) => found,
+                    Err(mpsc::TryRecvError::Disconnected) => BTreeMap::new(),
+                    Err(mpsc::TryRecvError::Empty) => {
+                        running.push((names, probe));
+                        continue;
+                    }
+                }
+            };
+            for name in &names {
+                if let Some(v) = self.kept.get_mut(name)
                     && v.ty == Ty::Pending
                 {
-                    v.ty = ty;
+                    v.ty = found.get(name).cloned().unwrap_or_else(|| {
+                        Ty::Unnamed("rustc's type probe found nothing".into())
+                    });
                 }
             }
         }
-        for v in self.kept.values_mut() {
-            if v.ty == Ty::Pending {
-                v.ty = Ty::Unnamed("rustc's type probe found nothing".into());
-            }
-        }
+        self.probes = running;
     }
 }
 

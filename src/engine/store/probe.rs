@@ -1,8 +1,9 @@
 //! rustc spells the types of a cell's variables: after the cell compiled, the same crate is
-//! type-checked again with `--cfg rustloop_probe`, which turns on one `let _: () = x;` line per
-//! variable (and one for its trait-object form). Each fails with "expected `()`, found `T`",
-//! and `T` is printed with full public paths (`-Ztrim-diagnostic-paths=false`, a `-Z` flag, hence
-//! `RUSTC_BOOTSTRAP=1` for this check alone). It runs beside the next cells, off their path.
+//! type-checked again with `--cfg rustloop_probe`, which turns on one `probe(&x)` line per
+//! variable (and one for its trait-object form). `probe` requires a trait no type implements,
+//! so each fails with "the trait bound `T: Probe` is not satisfied", and `T` is printed with
+//! full public paths (`-Ztrim-diagnostic-paths=false`, a `-Z` flag, hence `RUSTC_BOOTSTRAP=1`
+//! for this check alone). It runs beside the next cells, off their path.
 //!
 //! The rustc wrapper saves the job ([`save_job`]): the compiler, its arguments and a copy of
 //! the cell's source, since the next cell overwrites the file.
@@ -195,11 +196,8 @@ fn parse(stderr: &str, source: &str, names: &[String]) -> BTreeMap<String, Ty> {
     let lines: Vec<&str> = source.lines().collect();
     let mut own: BTreeMap<String, String> = BTreeMap::new();
     let mut boxed: BTreeMap<String, String> = BTreeMap::new();
-    for diagnostic in stderr
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-    {
-        if diagnostic["code"]["code"] != "E0308" {
+    for diagnostic in stderr.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()) {
+        if diagnostic["code"]["code"] != "E0277" {
             continue;
         }
         let Some(span) = diagnostic["spans"]
@@ -210,7 +208,7 @@ fn parse(stderr: &str, source: &str, names: &[String]) -> BTreeMap<String, Ty> {
         };
         let Some(line) = span["line_start"]
             .as_u64()
-            .and_then(|n| lines.get(n as usize - 1))
+            .and_then(|n| lines.get((n as usize).checked_sub(1)?))
         else {
             continue;
         };
@@ -220,12 +218,13 @@ fn parse(stderr: &str, source: &str, names: &[String]) -> BTreeMap<String, Ty> {
         else {
             continue;
         };
-        let Some(ty) = found_type(&diagnostic) else {
+        let Some(ty) = diagnostic["message"].as_str().and_then(bound_type) else {
             continue;
         };
         match kind {
             "own" => own.insert(name.to_owned(), ty),
-            _ => boxed.insert(name.to_owned(), ty),
+            _ if ty != "()" => boxed.insert(name.to_owned(), ty),
+            _ => None,
         };
     }
     names
@@ -242,46 +241,36 @@ fn parse(stderr: &str, source: &str, names: &[String]) -> BTreeMap<String, Ty> {
         .collect()
 }
 
-/// The `T` of "expected `()`, found `T`": from the note (full paths) or, for types without
-/// one (primitives), from the label.
-fn found_type(diagnostic: &Value) -> Option<String> {
-    let quoted = |text: &str| -> Option<String> {
-        let rest = &text[text.rfind("found ")? + 6..];
-        let start = rest.find('`')? + 1;
-        let end = rest.rfind('`')?;
-        (start <= end).then(|| rest[start..end].to_owned())
-    };
-    let note = diagnostic["children"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c["message"].as_str())
-        .find(|m| m.contains("expected unit type"));
-    let ty = match note {
-        Some(note) => quoted(note)?,
-        None => {
-            let label = diagnostic["spans"]
-                .as_array()?
-                .iter()
-                .find(|s| s["is_primary"] == true)?["label"]
-                .as_str()?
-                .to_owned();
-            if label.ends_with("found integer") {
-                "i32".to_owned()
-            } else if label.ends_with("found floating-point number") {
-                "f64".to_owned()
-            } else {
-                quoted(&label)?
-            }
+/// The `T` of "the trait bound `T: rustloop::__store::Probe` is not satisfied", with what
+/// type inference would still have done (the error comes before its defaults are applied).
+fn bound_type(message: &str) -> Option<String> {
+    let ty = message
+        .strip_prefix("the trait bound `")?
+        .strip_suffix("` is not satisfied")?
+        .rsplit_once(": ")?
+        .0;
+    Some(with_inference_defaults(ty))
+}
+
+/// Literals default to `i32`/`f64`; in edition 2024 a diverging expression's type (`_`, e.g.
+/// the output of a task that loops forever) defaults to `!`, which a cell writes as
+/// `rustloop::__private::Never`.
+fn with_inference_defaults(ty: &str) -> String {
+    let ty = ty.replace("{integer}", "i32").replace("{float}", "f64");
+    let is_word = |c: char| c.is_alphanumeric() || c == '_' || c == '\'';
+    let mut out = String::with_capacity(ty.len());
+    for (i, c) in ty.char_indices() {
+        let standalone = c == '_'
+            && !ty[..i].ends_with(is_word)
+            && !ty[i + 1..].starts_with(|c: char| c.is_alphanumeric() || c == '_');
+        let never = c == '!' && !ty[i + 1..].starts_with('=');
+        if standalone || never {
+            out.push_str("rustloop::__private::Never");
+        } else {
+            out.push(c);
         }
-    };
-    // Integer and float literals not yet defaulted when the error is reported; the never type,
-    // which stable Rust does not let a cell write.
-    Some(
-        ty.replace("{integer}", "i32")
-            .replace("{float}", "f64")
-            .replace('!', "rustloop::__private::Never"),
-    )
+    }
+    out
 }
 
 /// Whether a later cell can write `ty`.
@@ -306,53 +295,45 @@ fn writable(ty: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn diagnostic(line: usize, label: &str, note: Option<&str>) -> String {
-        let children = note
-            .map(|n| vec![json!({"message": format!("expected unit type `()`\n   found {n}")})])
-            .unwrap_or_default();
-        json!({"code": {"code": "E0308"}, "children": children,
-               "spans": [{"is_primary": true, "line_start": line, "label": label}]})
+    fn diagnostic(line: usize, ty: &str) -> String {
+        json!({"code": {"code": "E0277"},
+               "message": format!("the trait bound `{ty}: rustloop::__store::Probe` is not satisfied"),
+               "spans": [{"is_primary": true, "line_start": line}]})
         .to_string()
     }
 
     #[test]
     fn types_come_from_the_probe_lines() {
         let source = "fn x() {\n\
-            #[cfg(rustloop_probe)] let _: () = m; // rustloop-probe own m\n\
-            #[cfg(rustloop_probe)] let _: () = f; // rustloop-probe own f\n\
-            #[cfg(rustloop_probe)] let _: () = b(f); // rustloop-probe boxed f\n\
-            #[cfg(rustloop_probe)] let _: () = n; // rustloop-probe own n\n}";
+            #[cfg(rustloop_probe)] probe(&m); // rustloop-probe own m\n\
+            #[cfg(rustloop_probe)] probe(&f); // rustloop-probe own f\n\
+            #[cfg(rustloop_probe)] probe(&b(f)); // rustloop-probe boxed f\n\
+            #[cfg(rustloop_probe)] probe(&n); // rustloop-probe own n\n\
+            #[cfg(rustloop_probe)] probe(&h); // rustloop-probe own h\n\
+            #[cfg(rustloop_probe)] probe(&b(h)); // rustloop-probe boxed h\n}";
         let stderr = [
-            diagnostic(
-                2,
-                "expected `()`, found `HashMap<i32, i32>`",
-                Some("struct `std::collections::HashMap<i32, i32>`"),
-            ),
-            diagnostic(
-                3,
-                "expected `()`, found closure",
-                Some("closure `{closure@src/lib.rs:3:1}`"),
-            ),
-            diagnostic(
-                4,
-                "expected `()`, found `Box<dyn FnMut(i32) -> i32>`",
-                Some("struct `std::boxed::Box<(dyn std::ops::FnMut(i32) -> i32 + 'static)>`"),
-            ),
-            diagnostic(5, "expected `()`, found integer", None),
+            diagnostic(2, "std::collections::HashMap<i32, m::Q>"),
+            diagnostic(3, "{closure@src/lib.rs:3:1: 3:9}"),
+            diagnostic(4, "std::boxed::Box<(dyn std::ops::FnMut(i32) -> i32 + 'static)>"),
+            diagnostic(5, "{integer}"),
+            diagnostic(6, "tokio::task::JoinHandle<_>"),
+            diagnostic(7, "()"),
         ]
         .join("\n");
-        let names = ["m", "f", "n", "z"].map(String::from);
+        let names = ["m", "f", "n", "h", "z"].map(String::from);
         let found = parse(&stderr, source, &names);
-        assert_eq!(
-            found["m"],
-            Ty::Own("std::collections::HashMap<i32, i32>".into())
-        );
+        assert_eq!(found["m"], Ty::Own("std::collections::HashMap<i32, m::Q>".into()));
         assert_eq!(
             found["f"],
             Ty::Boxed("std::boxed::Box<(dyn std::ops::FnMut(i32) -> i32 + 'static)>".into())
         );
         assert_eq!(found["n"], Ty::Own("i32".into()));
+        assert_eq!(
+            found["h"],
+            Ty::Own("tokio::task::JoinHandle<rustloop::__private::Never>".into())
+        );
         assert!(matches!(found["z"], Ty::Unnamed(_)));
+        assert_eq!(with_inference_defaults("&'_ my_type<_, '_>"), "&'_ my_type<rustloop::__private::Never, '_>");
     }
 
     #[test]
