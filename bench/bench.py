@@ -15,6 +15,13 @@ Figures (medians over N runs unless noted):
 evcxr_jupyter needs a separate `:dep tokio` cell before any `.await`; that cell's time is part of
 its first_await figure.
 
+Two more tables, in the same run:
+- first cell by kind: a new session's first cell (`let`, `fn`, `struct`, `use`, `:dep`,
+  `.await`, an expression) sent as soon as kernel_info is answered, kernel start -> its
+  execute_reply; for ipykernel the Python counterpart of each;
+- warm cell by kind (medians of 7 in one warm session), with the physical floor: a bare
+  `rustc --crate-type cdylib -C prefer-dynamic -C opt-level=0` of a two-line function.
+
 The rustloop kernelspec is taken from $JUPYTER_PATH if it has one, else installed into a temp
 prefix from the release build ($RUSTLOOP_BIN or ~/.cache/rustloop/target/release/rustloop).
 """
@@ -129,13 +136,139 @@ def measure(name, runs, needs_tokio_dep):
     return medians
 
 
+FIRST_CELLS = [
+    # (kind, rust cell, python cell)
+    ("let", "let x = 1;", "x = 1"),
+    ("fn", "fn f() -> u32 { 1 }", "def f():\n    return 1"),
+    ("struct", "struct S { a: u32 }", "class S:\n    a = 1"),
+    ("use", "use std::collections::HashMap;", "from collections import OrderedDict"),
+    (":dep", ':dep itoa = "1"', None),
+    (".await", AWAIT_CELL, "import asyncio\nawait asyncio.sleep(0.01)"),
+    ("expression", "1 + 2", "1 + 2"),
+]
+
+WARM_CELLS = [
+    ("let", "let w{i} = 5 + 1;"),
+    ("expression", "w2 * 2"),
+    ("println!", 'println!("hi {{}}", w2);'),
+    ("fn", "fn f{i}(x: u32) -> u32 {{ x + 5 }}"),
+    ("iterator", "(0..15).map(|x| x * 2).sum::<u64>()"),
+]
+
+
+def first_cells(name, runs, python=False, needs_tokio_dep=False):
+    """Kernel start -> reply of a new session's first cell, per kind (medians)."""
+    out = {}
+    for kind, rust, py in FIRST_CELLS:
+        code = py if python else rust
+        if code is None:
+            continue
+        times = []
+        for _ in range(runs):
+            s = Session(name)
+            s.kernel_info()
+            if needs_tokio_dep and kind == ".await":
+                s.run(EVCXR_TOKIO)
+            _, _, status = s.run(code)
+            times.append(time.monotonic() - s.started)
+            assert status == "ok", f"{name}: first cell {kind!r} failed"
+            s.close()
+        out[kind] = statistics.median(times)
+    return out
+
+
+def warm_cells(name, runs=7, needs_tokio_dep=False):
+    s = Session(name)
+    s.kernel_info()
+    if needs_tokio_dep:
+        s.run(EVCXR_TOKIO)
+    s.run("let w2 = 2u32;")
+    for _ in range(3):
+        s.run("w2 + 1")
+    out = {}
+    for kind, template in WARM_CELLS:
+        times = []
+        for i in range(runs):
+            seconds, _, status = s.run(template.format(i=100 + i))
+            assert status == "ok", f"{name}: warm cell {kind!r} failed"
+            times.append(seconds)
+        out[kind] = statistics.median(times)
+    s.close()
+    return out
+
+
+def rustc_floor(runs=7):
+    """A bare rustc of a two-line cdylib: what compiling any cell costs at least."""
+    tmp = Path(tempfile.mkdtemp(prefix="rustloop-floor-"))
+    (tmp / "cell.rs").write_text("#[unsafe(no_mangle)]\npub extern \"C\" fn cell() -> u32 { 41 + 1 }\n")
+    times = []
+    for i in range(runs):
+        t = time.monotonic()
+        subprocess.run(["rustc", "--edition", "2024", "--crate-type", "cdylib", "-C", "prefer-dynamic",
+                        "-C", "opt-level=0", "cell.rs", "-o", f"libcell{i}.so"], cwd=tmp, check=True)
+        times.append(time.monotonic() - t)
+    return statistics.median(times)
+
+
+def ipykernel_spec():
+    try:
+        KernelSpecManager().get_kernel_spec("python3")
+        return "python3"
+    except NoSuchKernel:
+        return None
+
+
+def print_table(title, columns, rows):
+    print(f"\n{title}")
+    print(f"{'':<12}" + "".join(f"{c:>16}" for c in columns))
+    for label, values in rows:
+        print(f"{label:<12}" + "".join(f"{v:>16}" for v in values))
+
+
+def by_kind(runs, evcxr):
+    ipy = ipykernel_spec()
+    first = {"rustloop": first_cells("rustloop", runs)}
+    if evcxr:
+        first["evcxr"] = first_cells(evcxr, runs, needs_tokio_dep=True)
+    if ipy:
+        first["ipykernel"] = first_cells(ipy, runs, python=True)
+    rows = []
+    for kind, _, _ in FIRST_CELLS:
+        r = first["rustloop"][kind]
+        e = first.get("evcxr", {}).get(kind)
+        p = first.get("ipykernel", {}).get(kind)
+        rows.append((kind, [f"{r:.3f} s", f"{e:.3f} s" if e else "-",
+                            f"{r / e:.2f}" if e else "-", f"{p:.3f} s" if p else "-"]))
+    print_table("first cell of a session, kernel start -> reply (median of %d)" % runs,
+                ["rustloop", "evcxr_jupyter", "ratio", "ipykernel"], rows)
+
+    warm = {"rustloop": warm_cells("rustloop")}
+    if evcxr:
+        warm["evcxr"] = warm_cells(evcxr, needs_tokio_dep=True)
+    floor = rustc_floor()
+    rows = []
+    for kind, _ in WARM_CELLS:
+        r = warm["rustloop"][kind]
+        e = warm.get("evcxr", {}).get(kind)
+        rows.append((kind, [f"{r:.3f} s", f"{e:.3f} s" if e else "-",
+                            f"{r / e:.2f}" if e else "-", f"{r / floor:.1f}x"]))
+    print_table(f"warm cell (median of 7); bare rustc floor {floor:.3f} s",
+                ["rustloop", "evcxr_jupyter", "ratio", "vs floor"], rows)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--only", choices=["overview", "kinds"], default=None,
+                        help="run one part of the benchmark")
     args = parser.parse_args()
     ensure_rustloop_spec()
-    results = {"rustloop": measure("rustloop", args.runs, needs_tokio_dep=False)}
     evcxr = evcxr_spec()
+    if args.only != "overview":
+        by_kind(args.runs, evcxr)
+    if args.only == "kinds":
+        return
+    results = {"rustloop": measure("rustloop", args.runs, needs_tokio_dep=False)}
     if evcxr:
         results["evcxr"] = measure(evcxr, args.runs, needs_tokio_dep=True)
     units = {"lines_20k_msgs": "msgs", "lines_per_sec": "lines/s"}

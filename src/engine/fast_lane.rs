@@ -368,7 +368,7 @@ mod tests {
     fn crate_source_keeps_earlier_definitions_and_catches_panics() {
         let prepared = cell::prepare("async fn two() -> u8 { 2 }\nlet t = two().await;");
         let plan = crate::engine::store::Variables::default()
-            .plan(&prepared, &Default::default())
+            .plan(&prepared, &Default::default(), true, &Default::default())
             .unwrap();
         let source = crate_source(
             &["use std::time::Duration;".to_owned()],

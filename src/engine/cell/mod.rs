@@ -394,8 +394,14 @@ pub fn fast_lane_eligible(prepared: &Prepared) -> bool {
     if body.tail_expr().is_some() {
         return false;
     }
+    let exits_early = |node: &SyntaxNode| {
+        node.descendants().any(|node| {
+            (ast::TryExpr::can_cast(node.kind()) || ast::ReturnExpr::can_cast(node.kind()))
+                && at_top_level(&node, body.syntax())
+        })
+    };
     body.statements().all(|statement| match statement {
-        ast::Stmt::LetStmt(_) => true,
+        ast::Stmt::LetStmt(l) => !exits_early(l.syntax()),
         ast::Stmt::Item(item) => matches!(
             item,
             ast::Item::Fn(_)
@@ -411,11 +417,7 @@ pub fn fast_lane_eligible(prepared: &Prepared) -> bool {
                 | ast::Item::MacroRules(_)
         ),
         ast::Stmt::ExprStmt(expr) => {
-            !expr.expr().is_some_and(|e| is_brace_macro(e.syntax()))
-                && !expr.syntax().descendants().any(|node| {
-                    (ast::TryExpr::can_cast(node.kind()) || ast::ReturnExpr::can_cast(node.kind()))
-                        && at_top_level(&node, body.syntax())
-                })
+            !expr.expr().is_some_and(|e| is_brace_macro(e.syntax())) && !exits_early(expr.syntax())
         }
     })
 }

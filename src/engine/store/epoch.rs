@@ -60,6 +60,11 @@ impl Definitions {
         }
     }
 
+    #[cfg(test)]
+    pub fn record_for_test(&mut self, name: &str, text: &str) {
+        self.types.insert(name.to_owned(), text.to_owned());
+    }
+
     pub fn now(&self) -> Epoch {
         Epoch::Ctx(self.generation)
     }

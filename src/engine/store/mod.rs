@@ -493,9 +493,10 @@ impl Variables {
                 if let Some(v) = self.kept.get_mut(name)
                     && v.ty == Ty::Pending
                 {
-                    v.ty = found.get(name).cloned().unwrap_or_else(|| {
-                        Ty::Unnamed("rustc's type probe found nothing".into())
-                    });
+                    v.ty = found
+                        .get(name)
+                        .cloned()
+                        .unwrap_or_else(|| Ty::Unnamed("rustc's type probe found nothing".into()));
                 }
             }
         }
@@ -535,12 +536,15 @@ mod tests {
             Variable {
                 cell: "[1]".into(),
                 ty: Ty::Own("std::vec::Vec<i32>".into()),
+                epoch: Epoch::Ctx(0),
             },
         );
         let plan = vars
             .plan(
                 &prepare("fn f() {}\nlet n = v.len();\nn + 1"),
                 &BTreeMap::new(),
+                false,
+                &Definitions::default(),
             )
             .unwrap();
         let code = &plan.prepared.code;
@@ -557,6 +561,44 @@ mod tests {
     }
 
     #[test]
+    fn values_of_a_redefined_type_are_dropped_others_retagged() {
+        let mut vars = Variables::default();
+        for (name, ty) in [("p", "Point"), ("n", "u8")] {
+            vars.kept.insert(
+                name.into(),
+                Variable {
+                    cell: "[1]".into(),
+                    ty: Ty::Own(ty.into()),
+                    epoch: Epoch::Lane,
+                },
+            );
+        }
+        let mut definitions = Definitions::default();
+        definitions.record_for_test("Point", "struct Point { x: i32 }");
+        let plan = vars
+            .plan(
+                &prepare("struct Point { x: u8 }\nlet m = (p, n);"),
+                &BTreeMap::new(),
+                false,
+                &definitions,
+            )
+            .unwrap();
+        let code = &plan.prepared.code;
+        assert!(
+            code.contains("rustloop::__store::forget(&[\"p\"]);"),
+            "{code}"
+        );
+        assert!(code.contains("take_retagged::<u8>(\"n\", false)"), "{code}");
+        assert_eq!(
+            vars.drop_stale(&plan).as_deref(),
+            Some(
+                "dropped because a type they involve was redefined: p (from cell [1], involves `Point`)\n"
+            )
+        );
+        assert!(vars.get("p").is_none());
+    }
+
+    #[test]
     fn skipped_keeps_are_left_out() {
         let mut vars = Variables::default();
         let mut skip = BTreeMap::new();
@@ -565,12 +607,14 @@ mod tests {
             .plan(
                 &prepare("let s = String::new();\nlet r = &s;\nr.len()"),
                 &skip,
+                false,
+                &Definitions::default(),
             )
             .unwrap();
         assert!(!plan.prepared.code.contains("keep(\"r\""));
         assert!(plan.prepared.code.contains("keep(\"s\""));
         assert_eq!(
-            vars.record(&plan, "[2]", None).as_deref(),
+            vars.record(&plan, "[2]", None, Epoch::Ctx(0)).as_deref(),
             Some("not kept after this cell: r (borrows s)\n")
         );
         assert!(vars.table().contains("no (borrows s)"));

@@ -196,7 +196,10 @@ fn parse(stderr: &str, source: &str, names: &[String]) -> BTreeMap<String, Ty> {
     let lines: Vec<&str> = source.lines().collect();
     let mut own: BTreeMap<String, String> = BTreeMap::new();
     let mut boxed: BTreeMap<String, String> = BTreeMap::new();
-    for diagnostic in stderr.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()) {
+    for diagnostic in stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    {
         if diagnostic["code"]["code"] != "E0277" {
             continue;
         }
@@ -314,7 +317,10 @@ mod tests {
         let stderr = [
             diagnostic(2, "std::collections::HashMap<i32, m::Q>"),
             diagnostic(3, "{closure@src/lib.rs:3:1: 3:9}"),
-            diagnostic(4, "std::boxed::Box<(dyn std::ops::FnMut(i32) -> i32 + 'static)>"),
+            diagnostic(
+                4,
+                "std::boxed::Box<(dyn std::ops::FnMut(i32) -> i32 + 'static)>",
+            ),
             diagnostic(5, "{integer}"),
             diagnostic(6, "tokio::task::JoinHandle<_>"),
             diagnostic(7, "()"),
@@ -322,7 +328,10 @@ mod tests {
         .join("\n");
         let names = ["m", "f", "n", "h", "z"].map(String::from);
         let found = parse(&stderr, source, &names);
-        assert_eq!(found["m"], Ty::Own("std::collections::HashMap<i32, m::Q>".into()));
+        assert_eq!(
+            found["m"],
+            Ty::Own("std::collections::HashMap<i32, m::Q>".into())
+        );
         assert_eq!(
             found["f"],
             Ty::Boxed("std::boxed::Box<(dyn std::ops::FnMut(i32) -> i32 + 'static)>".into())
@@ -333,7 +342,10 @@ mod tests {
             Ty::Own("tokio::task::JoinHandle<rustloop::__private::Never>".into())
         );
         assert!(matches!(found["z"], Ty::Unnamed(_)));
-        assert_eq!(with_inference_defaults("&'_ my_type<_, '_>"), "&'_ my_type<rustloop::__private::Never, '_>");
+        assert_eq!(
+            with_inference_defaults("&'_ my_type<_, '_>"),
+            "&'_ my_type<rustloop::__private::Never, '_>"
+        );
     }
 
     #[test]
