@@ -5,7 +5,8 @@
 use crate::json;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 /// One live task.
 #[derive(Clone)]
@@ -57,6 +58,14 @@ impl TaskInfo {
 
 static REGISTRY: Mutex<Option<HashMap<String, TaskInfo>>> = Mutex::new(None);
 
+/// Tasks inside a poll right now. tokio wakes a task's `JoinHandle` during the task's last
+/// poll and runs the terminate hook (which takes it off the list) only after that, still
+/// inside the poll; [`live`] waits for polls in flight so an awaited task is never listed.
+static IN_POLL: AtomicUsize = AtomicUsize::new(0);
+
+/// The longest [`live`] waits for polls in flight (a task busy without yielding stays listed).
+const POLL_SETTLE: Duration = Duration::from_millis(100);
+
 #[cfg(tokio_unstable)]
 pub(crate) fn install_hooks(builder: &mut tokio::runtime::Builder) {
     builder
@@ -83,6 +92,12 @@ pub(crate) fn install_hooks(builder: &mut tokio::runtime::Builder) {
             if let Some(map) = REGISTRY.lock().unwrap().as_mut() {
                 map.remove(&meta.id().to_string());
             }
+        })
+        .on_before_task_poll(|_| {
+            IN_POLL.fetch_add(1, Ordering::SeqCst);
+        })
+        .on_after_task_poll(|_| {
+            IN_POLL.fetch_sub(1, Ordering::SeqCst);
         });
 }
 
@@ -96,6 +111,12 @@ pub(crate) fn origin_of_current() -> Option<u64> {
 }
 
 pub(crate) fn live() -> Vec<TaskInfo> {
+    let deadline = Instant::now() + POLL_SETTLE;
+    // Called from a task, that task's own poll is in flight.
+    let own = tokio::task::try_id().is_some() as usize;
+    while IN_POLL.load(Ordering::SeqCst) > own && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_micros(200));
+    }
     let mut tasks: Vec<TaskInfo> = REGISTRY
         .lock()
         .unwrap()
