@@ -353,6 +353,9 @@ pub struct SocketOptions {
     // Shared by read preparation and decoder reservation.
     pub(crate) read_buffer_max_size: usize,
     pub(crate) read_buffer_short_reads: usize,
+    // rustloop patch: inbound size limits, enforced by the decoder before allocation.
+    pub(crate) max_frame_size: usize,
+    pub(crate) max_message_size: usize,
 }
 
 impl Default for SocketOptions {
@@ -363,6 +366,8 @@ impl Default for SocketOptions {
             read_buffer_initial_size: 128,
             read_buffer_max_size: 64 * 1024,
             read_buffer_short_reads: 2,
+            max_frame_size: usize::MAX,
+            max_message_size: usize::MAX,
         }
     }
 }
@@ -416,6 +421,17 @@ impl SocketOptions {
         self.read_buffer_initial_size = initial_size;
         self.read_buffer_max_size = max_size;
         self.read_buffer_short_reads = short_reads;
+        self
+    }
+
+    /// rustloop patch: the largest inbound frame and multipart message (sum of its frames,
+    /// each charged 32 bytes on top of its payload) a peer may send, like libzmq's
+    /// `ZMQ_MAXMSGSIZE`. A frame header that claims more is refused before anything is
+    /// allocated for it: the decoder fails, the peer's connection is closed (and a warning
+    /// logged), other peers are unaffected. Default: unlimited.
+    pub fn max_message_size(&mut self, max_frame: usize, max_message: usize) -> &mut Self {
+        self.max_frame_size = max_frame;
+        self.max_message_size = max_message;
         self
     }
 

@@ -33,7 +33,21 @@ pub struct ZmqCodec {
     // internal details to higher levels
     buffered_message: Option<ZmqMessage>,
     max_read_chunk_size: usize,
+    // rustloop patch: inbound size limits (see `SocketOptions::max_message_size`).
+    max_frame_size: usize,
+    max_message_size: usize,
+    /// Bytes charged to the multipart message being received (payloads + per-frame overhead).
+    buffered_size: usize,
 }
+
+/// rustloop patch: what each received frame costs on top of its payload when it is held in a
+/// multipart message (a `Bytes` handle), so that a flood of empty frames is bounded too.
+pub(crate) const FRAME_OVERHEAD: usize = 32;
+
+/// rustloop patch: the most the decoder reserves ahead of bytes actually received. A frame
+/// header may claim any length up to the limit; memory then grows only with the data that
+/// really arrives (amortised doubling), so a lying length costs at most this much.
+const MAX_EAGER_RESERVE: usize = 4 * 1024 * 1024;
 
 impl ZmqCodec {
     pub fn new() -> Self {
@@ -46,6 +60,9 @@ impl ZmqCodec {
             waiting_for: 64, // len of the greeting frame
             buffered_message: None,
             max_read_chunk_size: options.read_buffer_max_size,
+            max_frame_size: options.max_frame_size,
+            max_message_size: options.max_message_size,
+            buffered_size: 0,
         }
     }
 
@@ -82,6 +99,8 @@ impl Decoder for ZmqCodec {
                 } else {
                     self.waiting_for
                 };
+                // rustloop patch: never reserve far ahead of what has arrived.
+                let reserve_to = reserve_to.min(src.len().saturating_add(MAX_EAGER_RESERVE));
                 src.reserve(reserve_to - src.len());
                 return Ok(None);
             }
@@ -123,6 +142,33 @@ impl Decoder for ZmqCodec {
                     } else {
                         usize::from(src.get_u8())
                     };
+                    // rustloop patch: refuse oversized frames and messages before any
+                    // allocation for them (libzmq's ZMQ_MAXMSGSIZE).
+                    if frame_len > self.max_frame_size {
+                        log::warn!(
+                            "closing a ZeroMQ connection: a frame of {frame_len} bytes exceeds \
+                             the limit of {} bytes",
+                            self.max_frame_size
+                        );
+                        return Err(CodecError::Decode("Frame exceeds the maximum frame size"));
+                    }
+                    if !frame.command {
+                        let message_size = self
+                            .buffered_size
+                            .saturating_add(frame_len)
+                            .saturating_add(FRAME_OVERHEAD);
+                        if message_size > self.max_message_size {
+                            log::warn!(
+                                "closing a ZeroMQ connection: a message of at least \
+                                 {message_size} bytes exceeds the limit of {} bytes",
+                                self.max_message_size
+                            );
+                            return Err(CodecError::Decode(
+                                "Message exceeds the maximum message size",
+                            ));
+                        }
+                        self.buffered_size = message_size;
+                    }
                     self.state = DecoderState::Frame(frame);
                     self.waiting_for = frame_len;
                 }
@@ -141,6 +187,7 @@ impl Decoder for ZmqCodec {
                     }
 
                     if !frame.more {
+                        self.buffered_size = 0;
                         // Quoth the Raven “Nevermore.”
                         return Ok(Some(Message::Message(
                             self.buffered_message
