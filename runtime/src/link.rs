@@ -10,7 +10,7 @@
 //! control line over it ends the control connection rather than growing without bound.
 
 use crate::json;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
@@ -101,6 +101,7 @@ pub(crate) fn start() {
 fn read_line(reader: &mut impl BufRead, limit: usize) -> Option<String> {
     let mut line = Vec::new();
     let n = reader
+        .by_ref()
         .take(limit as u64 + 1)
         .read_until(b'\n', &mut line)
         .ok()?;

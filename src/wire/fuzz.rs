@@ -51,6 +51,11 @@ impl Rng {
     fn bytes(&mut self, n: usize) -> Vec<u8> {
         (0..n).map(|_| self.next() as u8).collect()
     }
+    /// `min` + below(`spread`) random bytes.
+    fn some_bytes(&mut self, spread: usize, min: usize) -> Vec<u8> {
+        let n = self.below(spread) + min;
+        self.bytes(n)
+    }
 }
 
 fn budget() -> Duration {
@@ -143,9 +148,9 @@ fn take_peak() -> usize {
 
 /// The kernel's default limit: the harness checks the configuration that ships.
 const LIMIT: usize = crate::limits::DEFAULT;
-/// What the decoder may reserve beyond the bytes received (its eager reserve, 4 MiB, plus a
-/// read chunk) and the doubling of a growing buffer.
-const SLACK: usize = 4 * 1024 * 1024 + 256 * 1024;
+/// What the decoder may reserve beyond the bytes received: its eager reserve (4 MiB ahead),
+/// doubled when the buffer grows, plus a read chunk.
+const SLACK: usize = 8 * 1024 * 1024 + 256 * 1024;
 
 /// Serves `data` in reads of random sizes.
 struct Chunked {
@@ -422,7 +427,7 @@ fn random_json(rng: &mut Rng, depth: usize) -> Value {
         0 => Value::Null,
         1 => json!(rng.chance(2)),
         2 => json!(rng.next() as i64),
-        3 => json!(String::from_utf8_lossy(&rng.bytes(rng.below(20))).into_owned()),
+        3 => json!(String::from_utf8_lossy(&rng.some_bytes(20, 0)).into_owned()),
         4 => Value::Array(
             (0..rng.below(4))
                 .map(|_| random_json(rng, depth + 1))
@@ -444,10 +449,10 @@ fn message(rng: &mut Rng, signer: &Signer) -> Vec<Bytes> {
     let mut out = Outgoing::new("execute_request", random_object(rng, 0));
     out.metadata = random_object(rng, 0);
     out.identities = (0..rng.below(3))
-        .map(|_| Bytes::from(rng.bytes(rng.below(10) + 1)))
+        .map(|_| Bytes::from(rng.some_bytes(10, 1)))
         .collect();
     out.buffers = (0..rng.below(3))
-        .map(|_| Bytes::from(rng.bytes(rng.below(100))))
+        .map(|_| Bytes::from(rng.some_bytes(100, 0)))
         .collect();
     if rng.chance(2) {
         out.parent = Some(Bytes::from(random_object(rng, 0).to_string()));
@@ -476,7 +481,7 @@ fn mutate(rng: &mut Rng, frames: &mut Vec<Bytes>) {
             1 => frame.truncate(rng.below(frame.len() + 1)),
             2 => {
                 let at = rng.below(frame.len() + 1);
-                let extra = rng.bytes(rng.below(4) + 1);
+                let extra = rng.some_bytes(4, 1);
                 let _ = frame.splice(at..at, extra);
             }
             3 => frame = br#"["x","execute_request"]"#.to_vec(),
@@ -493,7 +498,7 @@ fn mutate(rng: &mut Rng, frames: &mut Vec<Bytes>) {
                 frames.insert(i, Bytes::from_static(b"<IDS|MSG>"));
                 continue;
             }
-            _ => frame = rng.bytes(rng.below(40)),
+            _ => frame = rng.some_bytes(40, 0),
         }
         if i < frames.len() {
             frames[i] = Bytes::from(frame);
@@ -547,7 +552,7 @@ fn fuzz_message_codec() {
             .map(|_| match rng.below(4) {
                 0 => Bytes::from_static(b"<IDS|MSG>"),
                 1 => Bytes::from(random_json(rng, 0).to_string()),
-                _ => Bytes::from(rng.bytes(rng.below(30))),
+                _ => Bytes::from(rng.some_bytes(30, 0)),
             })
             .collect();
         if let Ok(incoming) = Incoming::decode(garbage, &signer) {

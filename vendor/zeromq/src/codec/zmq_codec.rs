@@ -46,7 +46,7 @@ pub(crate) const FRAME_OVERHEAD: usize = 32;
 
 /// rustloop patch: the most the decoder reserves ahead of bytes actually received. A frame
 /// header may claim any length up to the limit; memory then grows only with the data that
-/// really arrives (amortised doubling), so a lying length costs at most this much.
+/// really arrives (amortised doubling), so a lying length costs at most about twice this.
 const MAX_EAGER_RESERVE: usize = 4 * 1024 * 1024;
 
 impl ZmqCodec {
