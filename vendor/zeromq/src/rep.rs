@@ -105,6 +105,9 @@ impl MultiPeerBackend for RepSocketBackend {
             let _ = monitor.try_send(SocketEvent::Disconnected(peer_id.clone()));
         }
         self.peers.remove_sync(peer_id);
+        // rustloop patch: also drop the peer's read half (as the other socket types do), so
+        // the connection closes and a stream that failed to decode is not read again.
+        self.fair_queue_inner.lock().remove(peer_id);
     }
 }
 
