@@ -230,18 +230,17 @@ def test_oversized_multipart_message_closes_only_that_peer(hk):
     s.sendall(ready(b"DEALER"))
     head = recv_exactly(s, 2)
     recv_exactly(s, head[1])
-    third = 90 * 1024 * 1024
-    s.sendall(long_header(third, more=True) + bytes(64 * 1024))
-    # the rest of the first frame in chunks, then two more headers of the same size
-    remaining = third - 64 * 1024
+    first = 200 * 1024 * 1024  # honest and under the limit on its own
+    s.sendall(long_header(first, more=True))
     chunk = bytes(4 * 1024 * 1024)
+    remaining = first
     while remaining:
         n = min(remaining, len(chunk))
         s.sendall(chunk[:n])
         remaining -= n
+    # a second frame that takes the message past 256 MiB
     try:
-        for _ in range(2):
-            s.sendall(long_header(third, more=True) + bytes(1024))
+        s.sendall(long_header(100 * 1024 * 1024) + bytes(1024))
     except (BrokenPipeError, ConnectionResetError):
         pass
     assert closed_by_peer(s, 30)
@@ -307,11 +306,11 @@ def raw_client(k, channel):
     return s
 
 
-def replies(s, session, msg_id, seconds):
-    """Replies to msg_id that arrive on `s` within `seconds`."""
+def replies(s, session, msg_id, seconds, stop_after=None):
+    """Replies to msg_id that arrive on `s` within `seconds` (or until `stop_after` came)."""
     got = []
     end = time.monotonic() + seconds
-    while (left := end - time.monotonic()) > 0:
+    while (left := end - time.monotonic()) > 0 and len(got) != stop_after:
         if not s.poll(left * 1000):
             break
         frames = s.recv_multipart()
@@ -336,7 +335,7 @@ def test_replayed_requests_are_refused(hk):
                                           "allow_stdin": False, "stop_on_error": True})
     frames = session.serialize(msg)
     shell.send_multipart(frames)
-    first = replies(shell, session, msg["header"]["msg_id"], 60)
+    first = replies(shell, session, msg["header"]["msg_id"], 60, stop_after=1)
     assert len(first) == 1 and first[0]["content"]["status"] == "ok"
     # the very same bytes again: on shell, on control, from a new connection
     shell.send_multipart(frames)
@@ -350,7 +349,7 @@ def test_replayed_requests_are_refused(hk):
     info = session.msg("kernel_info_request", {})
     frames = session.serialize(info)
     control.send_multipart(frames)
-    assert len(replies(control, session, info["header"]["msg_id"], 10)) == 1
+    assert len(replies(control, session, info["header"]["msg_id"], 10, stop_after=1)) == 1
     control.send_multipart(frames)
     assert replies(control, session, info["header"]["msg_id"], 2) == []
     for s in (shell, control, again):
@@ -363,7 +362,7 @@ def test_replayed_requests_are_refused(hk):
 
 
 def signed_frames(session, header, parent, metadata, content):
-    parts = [json.dumps(x).encode() for x in (header, parent, metadata, content)]
+    parts = [json.dumps(x, default=str).encode() for x in (header, parent, metadata, content)]
     return [b"<IDS|MSG>", session.sign(parts)] + parts
 
 
