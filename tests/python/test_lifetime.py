@@ -90,3 +90,24 @@ def test_shutdown_during_slow_compile_leaves_nothing():
             k.km.shutdown_kernel(now=True)
         except Exception:
             pass
+
+
+@pytest.mark.timeout(300)
+def test_processes_started_by_cells_die_with_the_kernel():
+    """A cell's own child (here `sleep`) is in the evaluation process's group: it goes too."""
+    k = Kernel()
+    try:
+        content, _ = k.execute(
+            'std::process::Command::new("sleep").arg("1000").spawn().unwrap().id()'
+        )
+        assert content["status"] == "ok", content
+        kpid = kernel_pid(k)
+        assert wait_for(lambda: "sleep" in {s["comm"] for s in session_of(kpid).values()}, 10)
+        snap = session_of(kpid)
+        os.kill(kpid, signal.SIGKILL)
+        assert_gone(snap, "after kill -9 of the kernel")
+    finally:
+        try:
+            k.shutdown()
+        except Exception:
+            pass
