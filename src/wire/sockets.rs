@@ -6,7 +6,8 @@
 //!
 //! Every socket refuses frames and messages above [`crate::limits`] before allocating for them
 //! (a patched zeromq decoder, see `vendor/zeromq/RUSTLOOP-PATCH.md`): the offending peer is
-//! disconnected and the socket goes on serving the others.
+//! disconnected and the socket goes on serving the others. A peer that does not complete the
+//! ZMTP handshake within [`HANDSHAKE_TIMEOUT`] is dropped too.
 
 use super::connection::{Channel, ConnectionFile};
 use super::message::{Incoming, Outgoing, Signer};
@@ -20,11 +21,17 @@ use zeromq::{
     SocketSend, XPubSocket, ZmqMessage,
 };
 
-/// Options for every socket: the inbound size limits.
+/// A peer that has not finished the ZMTP handshake this long after connecting is dropped
+/// (real clients take milliseconds).
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Options for every socket: the inbound size limits and the handshake timeout.
 fn options() -> SocketOptions {
     let limits = crate::limits::get();
     let mut options = SocketOptions::default();
-    options.max_message_size(limits.frame, limits.message);
+    options
+        .max_message_size(limits.frame, limits.message)
+        .handshake_timeout(HANDSHAKE_TIMEOUT);
     options
 }
 

@@ -269,6 +269,25 @@ def test_truncated_and_bad_greetings(hk, channel):
     healthy(hk)
 
 
+@pytest.mark.timeout(120)
+def test_silent_connections_are_dropped_after_the_handshake_timeout(hk):
+    """Half a greeting, or nothing at all: the kernel hangs up after 10 s on every socket."""
+    held = []
+    for channel in CHANNELS:
+        for data in (b"", GREETING[:10], GREETING):
+            s = connect(hk, channel)
+            if data:
+                s.sendall(data)
+            held.append(s)
+    t0 = time.monotonic()
+    for s in held:
+        assert closed_by_peer(s, 20), "a silent connection stayed open"
+        s.close()
+    took = time.monotonic() - t0
+    assert 8 < took < 20, f"dropped after {took:.1f} s"
+    healthy(hk)
+
+
 def fd_count(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 

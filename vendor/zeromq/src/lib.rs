@@ -356,6 +356,7 @@ pub struct SocketOptions {
     // rustloop patch: inbound size limits, enforced by the decoder before allocation.
     pub(crate) max_frame_size: usize,
     pub(crate) max_message_size: usize,
+    pub(crate) handshake_timeout: Option<Duration>,
 }
 
 impl Default for SocketOptions {
@@ -368,6 +369,7 @@ impl Default for SocketOptions {
             read_buffer_short_reads: 2,
             max_frame_size: usize::MAX,
             max_message_size: usize::MAX,
+            handshake_timeout: None,
         }
     }
 }
@@ -432,6 +434,13 @@ impl SocketOptions {
     pub fn max_message_size(&mut self, max_frame: usize, max_message: usize) -> &mut Self {
         self.max_frame_size = max_frame;
         self.max_message_size = max_message;
+        self
+    }
+
+    /// rustloop patch: how long an accepted peer has to complete the ZMTP handshake (greeting
+    /// and READY) before its connection is dropped. Default: no limit.
+    pub fn handshake_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.handshake_timeout = Some(timeout);
         self
     }
 

@@ -191,7 +191,10 @@ pub(crate) async fn peer_connected(
     mut raw_socket: FramedIo,
     backend: Arc<dyn MultiPeerBackend>,
 ) -> ZmqResult<PeerIdentity> {
-    let peer_id = peer_handshake(&mut raw_socket, backend.clone()).await?;
+    // rustloop patch: an accepted peer that does not complete the greeting and READY exchange
+    // in time is dropped, so half-open connections cannot pile up (default: no limit).
+    let timeout = backend.socket_options().handshake_timeout;
+    let peer_id = run_with_timeout(timeout, peer_handshake(&mut raw_socket, backend.clone())).await?;
     backend.peer_connected(&peer_id, raw_socket).await;
     Ok(peer_id)
 }
