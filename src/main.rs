@@ -8,6 +8,8 @@
 mod engine;
 mod install;
 mod kernel;
+mod limits;
+mod watchdog;
 mod wire;
 
 use anyhow::{Context, Result};
@@ -29,6 +31,15 @@ enum Command {
         /// The connection file Jupyter wrote.
         #[arg(long, short = 'f')]
         connection_file: PathBuf,
+        /// Largest message a client (or the evaluation process) may send, in bytes or with a
+        /// K/M/G suffix; a peer that sends more is disconnected. Default 256M, or
+        /// $RUSTLOOP_MAX_MESSAGE_SIZE.
+        #[arg(long, value_name = "SIZE")]
+        max_message_size: Option<String>,
+        /// Largest single frame (at most the message size). Default: the message size, or
+        /// $RUSTLOOP_MAX_FRAME_SIZE.
+        #[arg(long, value_name = "SIZE")]
+        max_frame_size: Option<String>,
     },
     /// Install the kernelspec so Jupyter offers "Rust (rustloop)", and pre-build the cache.
     Install(InstallArgs),
@@ -67,6 +78,7 @@ pub fn set_toolchain_version(release: &str) {
 fn main() {
     // When evcxr starts this binary as its evaluation process, or cargo as its rustc wrapper,
     // that role takes over here and never returns.
+    watchdog::run_if_watchdog();
     engine::run_if_evaluation_process();
     engine::run_if_rustc_wrapper();
     evcxr::runtime_hook();
@@ -87,7 +99,13 @@ fn main() {
     };
     init_logging();
     let result = match cli.command {
-        Command::Kernel { connection_file } => run_kernel(connection_file),
+        Command::Kernel {
+            connection_file,
+            max_message_size,
+            max_frame_size,
+        } => limits::configure(max_message_size.as_deref(), max_frame_size.as_deref())
+            .map_err(anyhow::Error::msg)
+            .and_then(|_| run_kernel(connection_file)),
         Command::Install(args) => run_install(args),
     };
     if let Err(e) = result {
@@ -98,7 +116,8 @@ fn main() {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUSTLOOP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("rustloop=warn"));
+        // zeromq's decoder warns when it refuses an oversized frame (see vendor/zeromq).
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("rustloop=warn,zeromq::codec=warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -140,6 +159,8 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn run_kernel(connection_file: PathBuf) -> Result<()> {
     let connection = wire::ConnectionFile::read(&connection_file)?;
+    // Before any thread exists: every process the kernel starts from now on dies with it.
+    watchdog::start();
     let slot = prepare_engine()?;
     runtime()?.block_on(kernel::run(connection, slot))
 }

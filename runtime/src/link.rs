@@ -4,9 +4,13 @@
 //! Frame format on stdout: `\0RLP\0<decimal length>\n<JSON>\n`; the evaluation process's output
 //! pump recognises the marker anywhere in the byte stream. Control lines from the kernel:
 //! `interrupt <run>`, `input_ok <hex>`, `input_err <hex>`, `label <run> <hex>`, `tasks`.
+//!
+//! Both directions respect the kernel's frame limit (`RUSTLOOP_MAX_FRAME_SIZE`, 256 MiB by
+//! default): a message over it is not sent (the cell gets a line on stderr instead), and a
+//! control line over it ends the control connection rather than growing without bound.
 
 use crate::json;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
@@ -14,9 +18,30 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 const MARKER: &[u8] = b"\0RLP\0";
+const DEFAULT_LIMIT: usize = 256 * 1024 * 1024;
+
+/// The largest frame the kernel accepts from this process.
+pub(crate) fn frame_limit() -> usize {
+    static LIMIT: OnceLock<usize> = OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        std::env::var("RUSTLOOP_MAX_FRAME_SIZE")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(DEFAULT_LIMIT)
+    })
+}
 
 /// Sends one framed JSON message (already encoded) to the kernel.
 pub(crate) fn send(message: &str) {
+    if message.len() > frame_limit() {
+        eprintln!(
+            "rustloop: a message of {} bytes was not sent: the kernel accepts at most {} \
+             (see --max-message-size)",
+            message.len(),
+            frame_limit()
+        );
+        return;
+    }
     let mut frame = Vec::with_capacity(message.len() + 24);
     frame.extend_from_slice(MARKER);
     frame.extend_from_slice(message.len().to_string().as_bytes());
@@ -71,9 +96,25 @@ pub(crate) fn start() {
         .expect("spawn control thread");
 }
 
+/// The next `\n`-terminated line, at most `limit` bytes; None at the end, on an error or when
+/// the line is longer.
+fn read_line(reader: &mut impl BufRead, limit: usize) -> Option<String> {
+    let mut line = Vec::new();
+    let n = reader
+        .by_ref()
+        .take(limit as u64 + 1)
+        .read_until(b'\n', &mut line)
+        .ok()?;
+    if n == 0 || !line.ends_with(b"\n") {
+        return None;
+    }
+    line.pop();
+    String::from_utf8(line).ok()
+}
+
 fn serve(stream: UnixStream) {
-    for line in BufReader::new(stream).lines() {
-        let Ok(line) = line else { return };
+    let mut reader = BufReader::new(stream);
+    while let Some(line) = read_line(&mut reader, frame_limit()) {
         let (command, argument) = line.split_once(' ').unwrap_or((line.as_str(), ""));
         match command {
             "interrupt" => {
@@ -141,4 +182,21 @@ pub(crate) fn input(prompt: &str, password: bool) -> std::io::Result<String> {
     };
     control().pending_input.lock().unwrap().take();
     reply.map_err(std::io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_lines_are_bounded() {
+        let mut input: &[u8] = b"interrupt 3\ntasks\n";
+        assert_eq!(read_line(&mut input, 64).as_deref(), Some("interrupt 3"));
+        assert_eq!(read_line(&mut input, 64).as_deref(), Some("tasks"));
+        assert_eq!(read_line(&mut input, 64), None);
+        let long = format!("input_ok {}\nnext\n", "ab".repeat(100));
+        assert_eq!(read_line(&mut long.as_bytes(), 64), None);
+        let mut unterminated: &[u8] = b"interrupt";
+        assert_eq!(read_line(&mut unterminated, 64), None);
+    }
 }

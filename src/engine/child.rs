@@ -417,11 +417,15 @@ impl Pump {
             .position(|&b| b == b'\n')
         {
             Some(i) => MARKER.len() + i,
+            // A length has at most 20 digits: anything longer is text that looks like a marker.
+            None if self.pending.len() > MARKER.len() + 24 => MARKER.len(),
             None => return Ok(false),
         };
+        // A frame over the limit is not one of ours either (the runtime never sends one).
         let len: Option<usize> = std::str::from_utf8(&self.pending[MARKER.len()..header_end])
             .ok()
-            .and_then(|s| s.parse().ok());
+            .and_then(|s| s.parse().ok())
+            .filter(|&len| len <= crate::limits::get().frame);
         let Some(len) = len else {
             // Not one of ours after all: pass the bytes through as text.
             let text: Vec<u8> = self.pending.drain(..header_end).collect();

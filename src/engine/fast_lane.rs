@@ -220,6 +220,8 @@ impl FastLane {
             Ok(child) => child,
             Err(e) => return Build::Failed(format!("cannot run cargo: {e}")),
         };
+        // Its group (cargo, our rustc wrapper, rustc, the linker) dies with the kernel.
+        crate::watchdog::adopt_group(child.id());
         let status = loop {
             match child.try_wait() {
                 Ok(Some(status)) => break status,

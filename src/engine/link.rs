@@ -7,7 +7,10 @@
 //! - *fast lane* (`F<pid>`): `run <library>` lines from the kernel for cells compiled outside
 //!   evcxr while it warms up (see `fast_lane`).
 //!
-//! Data frames are `[kind: u8][len: u32 LE][payload]`.
+//! Data frames are `[kind: u8][len: u32 LE][payload]`. Nothing on the link is trusted to be
+//! well formed (a cell can write to it): the hello line is read with a bound, a frame longer
+//! than [`crate::limits`] allows is skipped without being stored (the user is told), an unknown
+//! frame kind closes that connection.
 
 use anyhow::{Context, Result};
 use std::io::Write;
@@ -48,6 +51,12 @@ impl Frame {
 
 /// Writes one data frame (evaluation-process side, blocking).
 pub fn write_frame(out: &mut impl Write, kind: Frame, payload: &[u8]) -> std::io::Result<()> {
+    if u32::try_from(payload.len()).is_err() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "link frame longer than 4 GiB",
+        ));
+    }
     let mut frame = Vec::with_capacity(payload.len() + 5);
     frame.push(kind as u8);
     frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -183,14 +192,17 @@ async fn accept_loop(
             let (read, write) = stream.into_split();
             let mut read = BufReader::new(read);
             let mut hello = String::new();
-            if read.read_line(&mut hello).await.is_err() {
+            // `D<pid>\n`: a bounded read, whatever a cell may send here.
+            if (&mut read).take(32).read_line(&mut hello).await.is_err() || !hello.ends_with('\n') {
                 return;
             }
             let pid: u32 = hello.get(1..).unwrap_or("").trim().parse().unwrap_or(0);
             if hello.starts_with(HELLO_DATA) {
                 *newest.lock().unwrap() = Newest { pid, fast: None };
+                // The evaluation process leads its own process group: it must die with us.
+                crate::watchdog::adopt_group(pid);
                 tracing::debug!(pid, "evaluation process connected");
-                serve_data(read, write, sink).await;
+                serve_data(read, write, sink, crate::limits::get().frame).await;
             } else if hello.starts_with(HELLO_CONTROL) && newest.lock().unwrap().pid == pid {
                 *control.lock().await = Some(write);
             } else if hello.starts_with(HELLO_FAST) {
@@ -221,6 +233,7 @@ async fn serve_data(
     mut read: BufReader<tokio::net::unix::OwnedReadHalf>,
     mut write: tokio::net::unix::OwnedWriteHalf,
     sink: Sink,
+    limit: usize,
 ) {
     let mut header = [0u8; 5];
     loop {
@@ -228,6 +241,27 @@ async fn serve_data(
             break;
         }
         let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        if len > limit {
+            // Skip it in bounded chunks: the stream stays in step and nothing is stored.
+            tracing::warn!(
+                len,
+                limit,
+                "skipping an oversized frame from the evaluation process"
+            );
+            let mut rest = (&mut read).take(len as u64);
+            let skipped = tokio::io::copy(&mut rest, &mut tokio::io::sink()).await;
+            if skipped.ok() != Some(len as u64) {
+                break;
+            }
+            sink(LinkEvent::Stderr(
+                format!(
+                    "rustloop: dropped {len} bytes of output (more than the {limit}-byte limit, \
+                     see --max-message-size)\n"
+                )
+                .into_bytes(),
+            ));
+            continue;
+        }
         let mut payload = vec![0u8; len];
         if read.read_exact(&mut payload).await.is_err() {
             break;
@@ -265,5 +299,39 @@ mod tests {
         assert_eq!(out, [2, 2, 0, 0, 0, b'h', b'i']);
         assert_eq!(Frame::from_byte(4), Some(Frame::CellEnd));
         assert_eq!(Frame::from_byte(9), None);
+    }
+
+    #[tokio::test]
+    async fn oversized_frames_are_skipped_and_the_stream_stays_in_step() {
+        let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+        let (read, write) = theirs.into_split();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let seen = events.clone();
+        let sink: Sink = Arc::new(move |event| {
+            let text = match event {
+                LinkEvent::Stdout(b) => format!("out:{}", String::from_utf8_lossy(&b)),
+                LinkEvent::Stderr(b) => format!("err:{}", String::from_utf8_lossy(&b)),
+                other => format!("{other:?}"),
+            };
+            seen.lock().unwrap().push(text)
+        });
+        let served = tokio::spawn(serve_data(BufReader::new(read), write, sink, 1000));
+        let mut bytes = Vec::new();
+        write_frame(&mut bytes, Frame::Stdout, &[b'x'; 1001]).unwrap();
+        write_frame(&mut bytes, Frame::Stdout, b"after").unwrap();
+        write_frame(&mut bytes, Frame::Runtime, b"[not json").unwrap();
+        write_frame(&mut bytes, Frame::Stderr, &[b'y'; 1000]).unwrap();
+        // A header that claims 4 GiB, then the connection closes.
+        bytes.extend_from_slice(&[1, 0xff, 0xff, 0xff, 0xff, b'z']);
+        let (_, mut ours) = ours.into_split();
+        ours.write_all(&bytes).await.unwrap();
+        drop(ours);
+        served.await.unwrap();
+        let events = events.lock().unwrap();
+        assert_eq!(events.len(), 4, "{events:?}");
+        assert!(events[0].starts_with("err:rustloop: dropped 1001 bytes"));
+        assert_eq!(events[1], "out:after");
+        assert_eq!(events[2], format!("err:{}", "y".repeat(1000)));
+        assert_eq!(events[3], "Closed");
     }
 }

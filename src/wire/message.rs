@@ -3,7 +3,9 @@
 //! A Jupyter message on the wire is `[identities..., "<IDS|MSG>", signature, header,
 //! parent_header, metadata, content, buffers...]`. The signature is the hex HMAC-SHA256 of the
 //! four JSON frames. Incoming messages whose signature is missing or wrong are rejected here, so
-//! nothing above this module ever sees them.
+//! nothing above this module ever sees them. So are messages whose header, parent_header,
+//! metadata or content is not a JSON object (a header that is an array would otherwise be
+//! read positionally by serde and echoed back as `parent_header`).
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
@@ -22,6 +24,7 @@ pub enum DecodeError {
     MissingFrames(usize),
     BadSignature,
     BadJson(&'static str, String),
+    NotAnObject(&'static str),
 }
 
 impl std::fmt::Display for DecodeError {
@@ -33,6 +36,7 @@ impl std::fmt::Display for DecodeError {
             }
             DecodeError::BadSignature => write!(f, "missing or invalid HMAC signature"),
             DecodeError::BadJson(frame, e) => write!(f, "{frame} is not valid JSON: {e}"),
+            DecodeError::NotAnObject(frame) => write!(f, "{frame} is not a JSON object"),
         }
     }
 }
@@ -66,11 +70,17 @@ impl Signer {
         }
     }
 
-    /// Constant-time check of a hex signature.
+    /// Constant-time check of a hex signature. Only lowercase hex is accepted (as
+    /// jupyter_client does): each valid signature has exactly one spelling, so replay detection
+    /// can compare signatures as sent.
     pub fn verify(&self, signature: &[u8], parts: [&[u8]; 4]) -> bool {
         match &self.mac {
             None => true,
             Some(mac) => {
+                // A property of the attacker's input, not of the secret: no timing concern.
+                if signature.iter().any(u8::is_ascii_uppercase) {
+                    return false;
+                }
                 let Ok(expected) = hex::decode(signature) else {
                     return false;
                 };
@@ -100,6 +110,9 @@ pub struct Incoming {
     /// The header frame exactly as received, reused as `parent_header` of every reply.
     pub raw_header: Bytes,
     pub content: Value,
+    /// The signature frame as received ("" when the connection is unsigned), for replay
+    /// detection.
+    pub signature: Bytes,
 }
 
 impl Incoming {
@@ -118,8 +131,13 @@ impl Incoming {
         if !signer.verify(signature, [header, parent, metadata, content]) {
             return Err(DecodeError::BadSignature);
         }
-        let parsed: Header = serde_json::from_slice(header)
+        if header.is_empty() {
+            return Err(DecodeError::NotAnObject("header"));
+        }
+        let parsed = parse_object(header, "header")?;
+        let parsed: Header = serde_json::from_value(parsed)
             .map_err(|e| DecodeError::BadJson("header", e.to_string()))?;
+        parse_object(parent, "parent_header")?;
         parse_object(metadata, "metadata")?;
         let content = parse_object(content, "content")?;
         Ok(Incoming {
@@ -127,6 +145,7 @@ impl Incoming {
             header: parsed,
             raw_header: header.clone(),
             content,
+            signature: signature.clone(),
         })
     }
 
@@ -139,7 +158,12 @@ fn parse_object(frame: &[u8], name: &'static str) -> Result<Value, DecodeError> 
     if frame.is_empty() {
         return Ok(Value::Object(Default::default()));
     }
-    serde_json::from_slice(frame).map_err(|e| DecodeError::BadJson(name, e.to_string()))
+    let value: Value =
+        serde_json::from_slice(frame).map_err(|e| DecodeError::BadJson(name, e.to_string()))?;
+    if !value.is_object() {
+        return Err(DecodeError::NotAnObject(name));
+    }
+    Ok(value)
 }
 
 /// A message the kernel sends.
@@ -288,6 +312,19 @@ mod tests {
     }
 
     #[test]
+    fn uppercase_spelling_of_a_valid_signature_is_rejected() {
+        let signer = Signer::new("secret");
+        let mut frames = request(&signer);
+        let sig_at = frames.iter().position(|f| f.as_ref() == DELIMITER).unwrap() + 1;
+        assert!(Incoming::decode(frames.clone(), &signer).is_ok());
+        frames[sig_at] = Bytes::from(frames[sig_at].to_ascii_uppercase());
+        assert_eq!(
+            Incoming::decode(frames, &signer).unwrap_err(),
+            DecodeError::BadSignature
+        );
+    }
+
+    #[test]
     fn non_hex_signature_is_rejected() {
         let signer = Signer::new("secret");
         let mut frames = request(&signer);
@@ -317,6 +354,43 @@ mod tests {
             Incoming::decode(no_delim, &signer).unwrap_err(),
             DecodeError::NoDelimiter
         );
+    }
+
+    /// Signed frames around the given JSON frames.
+    fn signed(signer: &Signer, parts: [&'static [u8]; 4]) -> Vec<Bytes> {
+        let signature = signer.sign(parts);
+        let mut frames = vec![Bytes::from_static(DELIMITER), Bytes::from(signature)];
+        frames.extend(parts.map(Bytes::from_static));
+        frames
+    }
+
+    #[test]
+    fn correctly_signed_non_objects_are_rejected() {
+        let signer = Signer::new("secret");
+        let header: &[u8] = br#"{"msg_id":"a","msg_type":"kernel_info_request"}"#;
+        assert!(Incoming::decode(signed(&signer, [header, b"{}", b"{}", b"{}"]), &signer).is_ok());
+        // serde would read an array positionally as a Header: it must not get that far.
+        let array: &[u8] = br#"["a","kernel_info_request"]"#;
+        assert_eq!(
+            Incoming::decode(signed(&signer, [array, b"{}", b"{}", b"{}"]), &signer).unwrap_err(),
+            DecodeError::NotAnObject("header")
+        );
+        assert_eq!(
+            Incoming::decode(signed(&signer, [b"", b"{}", b"{}", b"{}"]), &signer).unwrap_err(),
+            DecodeError::NotAnObject("header")
+        );
+        for (at, name) in [(1, "parent_header"), (2, "metadata"), (3, "content")] {
+            for bad in [&b"[]"[..], b"1", b"\"x\"", b"null", b"true"] {
+                let mut parts: [&'static [u8]; 4] = [header, b"{}", b"{}", b"{}"];
+                parts[at] = bad;
+                assert_eq!(
+                    Incoming::decode(signed(&signer, parts), &signer).unwrap_err(),
+                    DecodeError::NotAnObject(name),
+                    "{name} = {}",
+                    String::from_utf8_lossy(bad)
+                );
+            }
+        }
     }
 
     #[test]

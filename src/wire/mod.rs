@@ -4,6 +4,7 @@
 //! - [`connection`]: reading and validating the connection file Jupyter hands the kernel;
 //! - [`message`]: the multipart message codec (`<IDS|MSG>`, HMAC-SHA256 signatures checked in
 //!   constant time, header / parent_header / metadata / content / buffers);
+//! - [`replay`]: refusing a signed message seen before in the session;
 //! - [`sockets`]: binding shell, control, stdin (ROUTER), iopub (XPUB, with `iopub_welcome`) and
 //!   heartbeat (REP), and turning them into channels of verified messages.
 //!
@@ -11,7 +12,10 @@
 //! [`message::Outgoing`].
 
 pub mod connection;
+#[cfg(test)]
+mod fuzz;
 pub mod message;
+pub mod replay;
 pub mod sockets;
 
 pub use connection::ConnectionFile;

@@ -2,18 +2,38 @@
 //!
 //! Each socket is served by its own tokio task, so a busy shell never delays heartbeat or
 //! control. Incoming messages are decoded and verified before they are handed on; anything that
-//! fails verification is logged and dropped.
+//! fails verification, or replays a message already seen, is logged and dropped.
+//!
+//! Every socket refuses frames and messages above [`crate::limits`] before allocating for them
+//! (a patched zeromq decoder, see `vendor/zeromq/RUSTLOOP-PATCH.md`): the offending peer is
+//! disconnected and the socket goes on serving the others. A peer that does not complete the
+//! ZMTP handshake within [`HANDSHAKE_TIMEOUT`] is dropped too.
 
 use super::connection::{Channel, ConnectionFile};
 use super::message::{Incoming, Outgoing, Signer};
+use super::replay::ReplayGuard;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::mpsc;
 use zeromq::{
-    RepSocket, RouterRecvHalf, RouterSendHalf, RouterSocket, Socket, SocketRecv, SocketSend,
-    XPubSocket, ZmqMessage,
+    RepSocket, RouterRecvHalf, RouterSendHalf, RouterSocket, Socket, SocketOptions, SocketRecv,
+    SocketSend, XPubSocket, ZmqMessage,
 };
+
+/// A peer that has not finished the ZMTP handshake this long after connecting is dropped
+/// (real clients take milliseconds).
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Options for every socket: the inbound size limits and the handshake timeout.
+fn options() -> SocketOptions {
+    let limits = crate::limits::get();
+    let mut options = SocketOptions::default();
+    options
+        .max_message_size(limits.frame, limits.message)
+        .handshake_timeout(HANDSHAKE_TIMEOUT);
+    options
+}
 
 /// Bound sockets: receivers for requests and a [`Sender`] for everything outgoing.
 pub struct Sockets {
@@ -70,11 +90,13 @@ impl Sockets {
     /// Binds all five sockets where the connection file says and starts their tasks.
     pub async fn bind(file: &ConnectionFile, session: String) -> Result<Sockets> {
         let signer = Signer::new(&file.key);
-        let (shell_tx, shell) = router(file, Channel::Shell, &signer).await?;
-        let (control_tx, control) = router(file, Channel::Control, &signer).await?;
-        let (stdin_tx, stdin) = router(file, Channel::Stdin, &signer).await?;
+        // One history of signatures for all channels, as in jupyter_client's Session.
+        let replay = ReplayGuard::new();
+        let (shell_tx, shell) = router(file, Channel::Shell, &signer, &replay).await?;
+        let (control_tx, control) = router(file, Channel::Control, &signer, &replay).await?;
+        let (stdin_tx, stdin) = router(file, Channel::Stdin, &signer, &replay).await?;
 
-        let mut iopub = XPubSocket::new();
+        let mut iopub = XPubSocket::with_options(options());
         let endpoint = file.endpoint(Channel::Iopub);
         iopub
             .bind(&endpoint)
@@ -88,7 +110,7 @@ impl Sockets {
             session.clone(),
         ));
 
-        let mut hb = RepSocket::new();
+        let mut hb = RepSocket::with_options(options());
         let endpoint = file.endpoint(Channel::Heartbeat);
         hb.bind(&endpoint)
             .await
@@ -115,16 +137,23 @@ async fn router(
     file: &ConnectionFile,
     channel: Channel,
     signer: &Signer,
+    replay: &ReplayGuard,
 ) -> Result<(RouterSendHalf, mpsc::Receiver<Incoming>)> {
     let endpoint = file.endpoint(channel);
-    let mut socket = RouterSocket::new();
+    let mut socket = RouterSocket::with_options(options());
     socket
         .bind(&endpoint)
         .await
         .with_context(|| format!("cannot bind {channel:?} to {endpoint}"))?;
     let (send, recv) = socket.split();
     let (tx, rx) = mpsc::channel(1024);
-    tokio::spawn(serve_router(channel, recv, tx, signer.clone()));
+    tokio::spawn(serve_router(
+        channel,
+        recv,
+        tx,
+        signer.clone(),
+        replay.clone(),
+    ));
     Ok((send, rx))
 }
 
@@ -133,6 +162,7 @@ async fn serve_router(
     mut recv: RouterRecvHalf,
     tx: mpsc::Sender<Incoming>,
     signer: Signer,
+    replay: ReplayGuard,
 ) {
     loop {
         let frames = match recv.recv().await {
@@ -144,6 +174,12 @@ async fn serve_router(
             }
         };
         match Incoming::decode(frames, &signer) {
+            Ok(message) if !replay.first_time(&message.signature) => tracing::warn!(
+                ?channel,
+                msg_type = %message.header.msg_type,
+                msg_id = %message.header.msg_id,
+                "dropped a replayed message (its signature was seen before in this session)"
+            ),
             Ok(message) => {
                 tracing::debug!(
                     ?channel,

@@ -50,7 +50,7 @@ class Kernel:
             self.km.start_kernel()
         else:
             self.km.start_kernel(
-                env={**os.environ, "RUSTLOOP_LOG": "rustloop=info"}, stderr=log
+                env={**os.environ, "RUSTLOOP_LOG": "rustloop=info,zeromq::codec=warn"}, stderr=log
             )
         self.kc = self.km.client()
         self.kc.start_channels()
