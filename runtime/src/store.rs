@@ -238,6 +238,8 @@ pub trait KindPlain {
 impl<X> KindPlain for &Keep<&X> {}
 
 #[cfg(test)]
+// The references are the dispatch (autoref specialisation), not redundant borrows.
+#[allow(clippy::needless_borrow)]
 mod tests {
     use super::*;
 

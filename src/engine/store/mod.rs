@@ -66,7 +66,7 @@ pub struct Variables {
     /// Variables of recent cells that ended with their cell, and why.
     ended: BTreeMap<String, (String, String)>,
     /// Running type probes, with the names each spells.
-    probes: Vec<(Vec<String>, mpsc::Receiver<BTreeMap<String, Ty>>)>,
+    probes: Vec<(Vec<String>, probe::Found)>,
 }
 
 /// A cell rewritten around the store.

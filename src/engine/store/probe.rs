@@ -17,6 +17,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const PROBE_MARK: &str = "// rustloop-probe ";
+
+/// Where a running probe's answer arrives: the type found for each name.
+pub type Found = mpsc::Receiver<BTreeMap<String, Ty>>;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A cell crate to type-check again.
@@ -78,7 +81,7 @@ impl ProbeJob {
     }
 
     /// Runs the probe on a thread; the receiver gets the types found for `names`.
-    pub fn start(self, names: Vec<String>) -> mpsc::Receiver<BTreeMap<String, Ty>> {
+    pub fn start(self, names: Vec<String>) -> Found {
         let (tx, rx) = mpsc::channel();
         let spawned = std::thread::Builder::new()
             .name("rustloop-type-probe".into())
@@ -178,11 +181,11 @@ fn probe_args(args: &[OsString]) -> Vec<OsString> {
             continue;
         }
         if text == "-C" {
-            if let Some(value) = iter.next() {
-                if !value.to_string_lossy().starts_with("incremental=") {
-                    out.push(arg.clone());
-                    out.push(value.clone());
-                }
+            if let Some(value) = iter.next()
+                && !value.to_string_lossy().starts_with("incremental=")
+            {
+                out.push(arg.clone());
+                out.push(value.clone());
             }
             continue;
         }
