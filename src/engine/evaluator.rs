@@ -3,9 +3,8 @@
 //! the handle the kernel layer holds; its interrupt and input methods work while a cell runs.
 
 use super::analysis::{complete, inspect};
-use super::cache::{CELL_RUSTFLAGS, Slot, cell_dependencies};
+use super::cache::Slot;
 use super::cell;
-use super::child::{LINK_ENV, RUNTIME_LIBRARY_ENV};
 use super::errors::ErrorInfo;
 use super::fast_lane::FastLane;
 use super::link::Link;
@@ -13,10 +12,9 @@ use super::outcome::INTERRUPT_GRACE;
 use super::router::{InputWaiter, Router};
 use super::run::{CellRun, run_cell, settle_variables};
 use super::store::Variables;
+use super::warm_up::warm_up;
 use super::{Completions, Event, EventSink, Execute, Inspection, Outcome, Output};
 use anyhow::{Context, Result};
-use evcxr::{CommandContext, EvalContext};
-use std::os::unix::process::CommandExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
@@ -318,14 +316,26 @@ fn evaluator_main(
     requests: mpsc::Receiver<Request>,
 ) {
     let started = Instant::now();
-    let mut warmed = warm_up(&inner, &slot, &link);
+    let mut warmed = warm_up(
+        &slot,
+        &link,
+        &inner.router,
+        &inner.warnings_file,
+        &inner.child,
+    );
     // Cells that ran meanwhile on the fast lane: wait for one in flight, then evcxr takes over.
     let definitions = inner.fast_lane.close();
     if inner.fast_lane.child_died() {
         // A fast-lane cell crashed the evaluation process under evcxr: start evcxr afresh.
         tracing::info!("the evaluation process died during the warm-up; starting evcxr again");
         drop(warmed);
-        warmed = warm_up(&inner, &slot, &link);
+        warmed = warm_up(
+            &slot,
+            &link,
+            &inner.router,
+            &inner.warnings_file,
+            &inner.child,
+        );
     }
     let mut context = match warmed {
         Ok(context) => {
@@ -405,115 +415,6 @@ fn evaluator_main(
                 let _ = reply.send(result);
             }
         }
-    }
-}
-
-/// Starts evcxr with our evaluation process and makes tokio and the runtime crate part of
-/// every cell.
-fn warm_up(inner: &Inner, slot: &Slot, link: &std::path::Path) -> Result<CommandContext> {
-    let toolchain = super::cache::toolchain()?;
-    crate::set_toolchain_version(&toolchain.release);
-    let deps = slot
-        .dir
-        .join("target")
-        .join(&toolchain.host)
-        .join("debug")
-        .join("deps");
-    let mut command = std::process::Command::new(std::env::current_exe()?);
-    command.env(LINK_ENV, link);
-    // evcxr moves each cell's library out of deps/, which breaks its relative RUNPATH; say
-    // where libstd and the runtime library are.
-    let mut library_path = std::ffi::OsString::from(&deps);
-    library_path.push(":");
-    library_path.push(&toolchain.target_libdir);
-    if let Some(existing) = std::env::var_os("LD_LIBRARY_PATH") {
-        library_path.push(":");
-        library_path.push(existing);
-    }
-    command.env("LD_LIBRARY_PATH", library_path);
-    command.env(RUNTIME_LIBRARY_ENV, deps.join("librustloop.so"));
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            // Die with the evaluator thread (the kernel), never linger as an orphan.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            // Keep out of the kernel's process group: a SIGINT Jupyter sends the kernel's group
-            // is turned into a cooperative interrupt instead of killing the evaluator.
-            libc::setpgid(0, 0);
-            Ok(())
-        });
-    }
-    let t0 = Instant::now();
-    let (mut eval, outputs) = EvalContext::with_subprocess_command(command)
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .context("starting evcxr")?;
-    *inner.child.lock().unwrap() = Some(eval.process_handle());
-    forward_evcxr_outputs(inner.router.clone(), outputs);
-
-    let configure = |eval: &mut EvalContext, offline: bool| -> Result<()> {
-        let mut state = eval.state();
-        state.set_offline_mode(offline);
-        // Cells compile at opt-level 0: fastest compiles; tokio is built the same way once.
-        state
-            .set_opt_level("0")
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        // `use rustloop as _;` stays in every cell evcxr compiles from now on: it makes each
-        // cell link the runtime library, and with it the one shared tokio.
-        state.set_build_env("RUSTFLAGS", CELL_RUSTFLAGS);
-        // Run cell builds through this binary to keep the warnings evcxr would drop.
-        if let Ok(exe) = std::env::current_exe() {
-            state.set_build_env("RUSTC_WRAPPER", &exe.to_string_lossy());
-            state.set_build_env(super::warnings::WRAPPER_ENV, "1");
-            state.set_build_env(
-                super::warnings::WARNINGS_FILE_ENV,
-                &inner.warnings_file.to_string_lossy(),
-            );
-        }
-        tracing::info!("warm-up: evcxr started after {:?}", t0.elapsed());
-        let [(tokio, tokio_spec), _runtime] = cell_dependencies(slot);
-        state
-            .add_dep(&tokio, &tokio_spec)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        state
-            .add_local_dep(&slot.runtime_dir.to_string_lossy())
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        tracing::info!("warm-up: dependencies validated after {:?}", t0.elapsed());
-        let outputs = eval
-            .eval_with_state("use rustloop as _;", state)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        tracing::info!("warm-up phases: {:?}", outputs.phases);
-        Ok(())
-    };
-    if slot.is_warm() {
-        if let Err(e) = configure(&mut eval, true) {
-            tracing::info!("offline warm-up failed ({e:#}); retrying online");
-            configure(&mut eval, false)?;
-        }
-    } else {
-        configure(&mut eval, false)?;
-    }
-    // Later `:dep` lines may need the network.
-    let mut state = eval.state();
-    state.set_offline_mode(false);
-    eval.eval_with_state("", state)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(CommandContext::with_eval_context(eval))
-}
-
-/// evcxr's own stdout/stderr channels carry what the evaluation process printed outside our
-/// pipes (startup errors); show it rather than lose it.
-fn forward_evcxr_outputs(router: Arc<Router>, outputs: evcxr::EvalContextOutputs) {
-    for (receiver, stderr) in [(outputs.stdout, false), (outputs.stderr, true)] {
-        let router = router.clone();
-        std::thread::spawn(move || {
-            for line in receiver {
-                tracing::debug!(stderr, "evaluation process: {line}");
-                router.emit(Output::Stream {
-                    stderr,
-                    text: format!("{line}\n"),
-                });
-            }
-        });
     }
 }
 

@@ -23,6 +23,7 @@ mod outcome;
 mod router;
 mod run;
 mod store;
+mod warm_up;
 mod warnings;
 
 pub use child::run_if_evaluation_process;
