@@ -206,7 +206,7 @@ impl Variables {
         }
         let mut rows = vec![(
             "name".to_owned(),
-            "type".to_owned(),
+            "type (or why it is not kept)".to_owned(),
             "cell".to_owned(),
             "kept".to_owned(),
         )];
@@ -221,19 +221,13 @@ impl Variables {
         }
         for (name, (cell, why)) in &self.ended {
             if !self.kept.contains_key(name) {
-                rows.push((
-                    name.clone(),
-                    "-".into(),
-                    cell.clone(),
-                    format!("no ({why})"),
-                ));
+                rows.push((name.clone(), why.clone(), cell.clone(), "no".to_owned()));
             }
         }
         let w0 = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);
         let w2 = rows.iter().map(|r| r.2.chars().count()).max().unwrap_or(0);
-        let w3 = rows.iter().map(|r| r.3.chars().count()).max().unwrap_or(0);
         rows.iter()
-            .map(|(n, t, c, k)| format!("{n:<w0$}  {c:<w2$}  {k:<w3$}  {t}\n"))
+            .map(|(n, t, c, k)| format!("{n:<w0$}  {c:<w2$}  {k:<4}  {t}\n"))
             .collect()
     }
 
