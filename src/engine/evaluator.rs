@@ -147,6 +147,7 @@ impl Engine {
                             &inner.link,
                             &request,
                             plan,
+                            &cell::lane_deps(&prepared).unwrap_or_default(),
                             &lost,
                             &exit_status,
                         )

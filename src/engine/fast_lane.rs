@@ -44,12 +44,16 @@ pub struct FastLane {
     child_died: AtomicBool,
     lane: Mutex<Lane>,
     toolchain: OnceLock<Option<cache::Toolchain>>,
+    /// The dependencies every cell has (tokio and the runtime crate).
+    base_deps: Vec<(String, String)>,
 }
 
 #[derive(Default)]
 struct Lane {
     /// Definitions of the cells run so far, in order.
     items: Vec<String>,
+    /// Crates added by the cells' `:dep` lines, as Cargo.toml `name = spec` pairs.
+    deps: Vec<(String, String)>,
     builds: u64,
 }
 
@@ -68,6 +72,7 @@ impl FastLane {
             child_died: AtomicBool::new(false),
             lane: Mutex::new(Lane::default()),
             toolchain: OnceLock::new(),
+            base_deps: cell_dependencies(slot).to_vec(),
         }
     }
 
@@ -75,12 +80,16 @@ impl FastLane {
         !self.closed.load(Ordering::SeqCst)
     }
 
-    /// Closes the lane (waiting for a cell in flight) and returns the definitions evcxr must
-    /// now learn, as one block of code.
+    /// Closes the lane (waiting for a cell in flight) and returns what evcxr must now learn,
+    /// as one cell: the `:dep` lines, then the definitions.
     pub fn close(&self) -> String {
         self.closed.store(true, Ordering::SeqCst);
         let mut lane = self.lane.lock().unwrap();
-        std::mem::take(&mut lane.items).join("\n")
+        let deps: String = std::mem::take(&mut lane.deps)
+            .iter()
+            .map(|(name, spec)| format!(":dep {name} = {spec}\n"))
+            .collect();
+        deps + &std::mem::take(&mut lane.items).join("\n")
     }
 
     /// Whether the evaluation process died during a fast-lane cell.
@@ -93,18 +102,37 @@ impl FastLane {
     /// process yet): the caller sends the cell to evcxr.
     ///
     /// If the evaluation process dies, the error names `lost` (the variables kept until then)
-    /// and what `exit_status` says.
+    /// and what `exit_status` says. `deps`: the cell's `:dep` lines (see `cell::lane_deps`),
+    /// resolved offline like every lane build: a crate cargo has not seen before goes to evcxr.
+    #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
         router: &Router,
         link: &Link,
         execute: &Execute,
         plan: &Plan,
+        deps: &[(String, String)],
         lost: &[String],
         exit_status: &dyn Fn() -> Option<String>,
     ) -> Option<(Outcome, CellState)> {
         let mut lane = self.lane.lock().unwrap();
         if !self.is_open() {
+            return None;
+        }
+        let new_deps: Vec<(String, String)> = deps
+            .iter()
+            .filter(|(name, spec)| !lane.deps.contains(&(name.clone(), spec.clone())))
+            .cloned()
+            .collect();
+        let all_deps = |lane_deps: &[(String, String)], extra: &[(String, String)]| {
+            let mut all = self.base_deps.clone();
+            for dep in lane_deps.iter().chain(extra) {
+                all.retain(|(name, _)| *name != dep.0);
+                all.push(dep.clone());
+            }
+            all
+        };
+        if !new_deps.is_empty() && !write_manifest(&self.dir, &all_deps(&lane.deps, &new_deps)) {
             return None;
         }
         let toolchain = self
@@ -123,7 +151,15 @@ impl FastLane {
         };
         lane.builds += 1;
         let started = std::time::Instant::now();
-        let library = match self.build(router, toolchain, lane.builds) {
+        let built = self.build(router, toolchain, lane.builds);
+        if !new_deps.is_empty() {
+            if matches!(built, Build::Built(_)) {
+                lane.deps.extend(new_deps);
+            } else {
+                write_manifest(&self.dir, &all_deps(&lane.deps, &[]));
+            }
+        }
+        let library = match built {
             Build::Built(library) => library,
             Build::Interrupted => {
                 return finish(Some(Outcome {
@@ -261,6 +297,25 @@ enum Build {
 /// Writes the lane's manifest (evcxr's profile and the same dependencies, so cargo reuses
 /// evcxr's builds) and, the first time, evcxr's lock file (the same versions).
 fn prepare(slot: &Slot, dir: &Path) -> bool {
+    let lock = dir.join("Cargo.lock");
+    let prepared = std::fs::create_dir_all(dir.join("src")).is_ok()
+        && write_manifest(dir, &cell_dependencies(slot))
+        && (lock.exists() || std::fs::copy(slot.dir.join("Cargo.lock"), &lock).is_ok());
+    if prepared {
+        // Libraries of an earlier session's cells.
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().ends_with(".so") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+    }
+    prepared
+}
+
+/// The lane crate's manifest with these dependencies.
+fn write_manifest(dir: &Path, deps: &[(String, String)]) -> bool {
     let manifest = format!(
         r#"[package]
 name = "{CRATE_NAME}"
@@ -289,26 +344,11 @@ overflow-checks = true
 [dependencies]
 {}
 "#,
-        cell_dependencies(slot)
-            .iter()
+        deps.iter()
             .map(|(name, spec)| format!("{name} = {spec}\n"))
             .collect::<String>()
     );
-    let lock = dir.join("Cargo.lock");
-    let prepared = std::fs::create_dir_all(dir.join("src")).is_ok()
-        && std::fs::write(dir.join("Cargo.toml"), manifest).is_ok()
-        && (lock.exists() || std::fs::copy(slot.dir.join("Cargo.lock"), &lock).is_ok());
-    if prepared {
-        // Libraries of an earlier session's cells.
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            for entry in entries.flatten() {
-                if entry.file_name().to_string_lossy().ends_with(".so") {
-                    let _ = std::fs::remove_file(entry.path());
-                }
-            }
-        }
-    }
-    prepared
+    std::fs::write(dir.join("Cargo.toml"), manifest).is_ok()
 }
 
 /// The crate for one cell: earlier cells' definitions, this cell's, and the statements in an

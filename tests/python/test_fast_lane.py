@@ -156,3 +156,31 @@ def test_lane_cell_that_exits_restarts_the_evaluator(logged):
     content, outputs = k.execute("let after = 7;\nafter * 6")
     assert content["status"] == "ok", content
     assert result_of(outputs) == "42"
+
+
+def test_dep_as_first_cell_runs_on_the_lane_and_reaches_evcxr(logged):
+    """`:dep` of a crate cargo already has (resolved offline) does not wait for the warm-up."""
+    k = logged
+    k.execute(':dep itoa = "1"', timeout=FIRST_CELL_TIMEOUT)  # the cache has itoa from here on
+    k.shutdown()
+    with open(k.log_path, "w") as log:
+        k2 = Kernel(log=log)
+    k2.log_path = k.log_path
+    try:
+        t0 = time.monotonic()
+        content, _ = k2.execute(':dep itoa = "1"')
+        first = time.monotonic() - t0
+        assert content["status"] == "ok", content
+        content, outputs = k2.execute("let s = itoa::Buffer::new().format(5u8).to_owned();")
+        assert content["status"] == "ok", content
+        assert fast_cells(k2)[:2] == ["[1]", "[2]"], log_of(k2)
+        print(f"\nfirst cell `:dep itoa` on the lane: {first:.2f}s")
+        deadline = time.monotonic() + FIRST_CELL_TIMEOUT
+        while "evaluator warm after" not in log_of(k2) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # evcxr learned the dependency with the lane's definitions
+        content, outputs = k2.execute("(s.clone(), itoa::Buffer::new().format(77u8).to_owned())")
+        assert content["status"] == "ok", content
+        assert result_of(outputs) == '("5", "77")'
+    finally:
+        k2.shutdown()

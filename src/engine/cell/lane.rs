@@ -4,21 +4,65 @@ use super::{Prepared, WRAP_PREFIX, at_top_level, is_brace_macro, parse_body};
 use ra_ap_syntax::ast::{self, AstNode};
 use ra_ap_syntax::{Edition, SourceFile, SyntaxNode};
 
-/// Whether the fast lane can run a cell without evcxr: no command line, no `static` or
-/// item macro (state or definitions evcxr must own), no `?` or `return` at the top level
-/// (evcxr's early-exit rules), no final value, and no syntax error (evcxr reports it best).
-/// Its `let`s are fine: the variable store keeps them (see `store`).
-pub fn fast_lane_eligible(prepared: &Prepared) -> bool {
+/// Crates the runtime library is built from: a `:dep` on one of them may rebuild it, which only
+/// evcxr's path handles (it restarts the evaluation process).
+const RUNTIME_CRATES: &[&str] = &[
+    "tokio",
+    "tokio-macros",
+    "rustloop-runtime",
+    "mio",
+    "bytes",
+    "libc",
+    "socket2",
+    "parking_lot",
+    "signal-hook-registry",
+    "pin-project-lite",
+];
+
+/// The cell's `:dep` lines as Cargo.toml `name = spec` pairs (`:dep name` means any version);
+/// `None` if it has another command, or a `:dep` the lane leaves to evcxr (a path or git
+/// source, a crate the runtime is built from, anything that is not a plain `name = spec`).
+pub fn lane_deps(prepared: &Prepared) -> Option<Vec<(String, String)>> {
     if !prepared.own_commands.is_empty() {
+        return None;
+    }
+    let mut deps = Vec::new();
+    for line in prepared.code[..prepared.map.rust_start].lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with("//") {
+            continue;
+        }
+        let spec = line.strip_prefix(":dep ")?.trim();
+        let (name, value) = match spec.split_once('=') {
+            Some((name, value)) => (name.trim(), value.trim().to_owned()),
+            None => (spec, "\"*\"".to_owned()),
+        };
+        let plain_name = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !plain_name
+            || value.is_empty()
+            || value.contains("path")
+            || value.contains("git")
+            || RUNTIME_CRATES.contains(&name)
+        {
+            return None;
+        }
+        deps.push((name.to_owned(), value));
+    }
+    Some(deps)
+}
+
+/// Whether the fast lane can run a cell without evcxr: no command but `:dep` (see
+/// [`lane_deps`]), no `static` or item macro (state or definitions evcxr must own), no `?` or
+/// `return` at the top level (evcxr's early-exit rules), no final value, and no syntax error
+/// (evcxr reports it best). Its `let`s are fine: the variable store keeps them (see `store`).
+pub fn fast_lane_eligible(prepared: &Prepared) -> bool {
+    if lane_deps(prepared).is_none() {
         return false;
     }
-    let (commands, rust) = prepared.code.split_at(prepared.map.rust_start);
-    if commands
-        .lines()
-        .any(|l| !l.trim().is_empty() && !l.starts_with("//"))
-    {
-        return false;
-    }
+    let rust = &prepared.code[prepared.map.rust_start..];
     let wrapped = format!("{WRAP_PREFIX}{rust}\n}}");
     if !SourceFile::parse(&wrapped, Edition::Edition2024)
         .errors()
@@ -78,8 +122,18 @@ mod tests {
         assert!(fast_lane_eligible(&prepare(
             "fn g() -> Option<u8> { Some(1)?; None }\nasync { Some(2)? ; Some(3) }.await;"
         )));
+        assert!(fast_lane_eligible(&prepare(":dep itoa = \"1\"")));
+        assert_eq!(
+            lane_deps(&prepare(":dep itoa = \"1\"\n:dep serde\nlet x = 1;")),
+            Some(vec![
+                ("itoa".to_owned(), "\"1\"".to_owned()),
+                ("serde".to_owned(), "\"*\"".to_owned())
+            ])
+        );
         for cell in [
-            ":dep rand\nrand::random::<u8>();",
+            ":dep tokio = { version = \"1\", features = [\"test-util\"] }",
+            ":dep mine = { path = \"../mine\" }",
+            ":opt 2\n1;",
             ":tasks",
             ":vars",
             "static N: u8 = 1;",

@@ -18,7 +18,7 @@ mod lane;
 mod outline;
 
 pub use complete::{Completeness, is_complete};
-pub use lane::fast_lane_eligible;
+pub use lane::{fast_lane_eligible, lane_deps};
 pub use outline::Part;
 
 use ra_ap_syntax::ast::{self, AstNode, HasModuleItem};
