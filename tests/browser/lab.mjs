@@ -1,0 +1,255 @@
+// Drives JupyterLab (or Notebook 7) in headless Chromium through the page only: clicks, keys
+// and what the DOM shows; nothing talks to the kernel directly. One scenario per run:
+//
+//   node lab.mjs <scenario> '<json arguments>'
+//
+// Arguments: {url, token, notebook, ui: "lab"|"notebook", shots, ...scenario's own}. The last
+// line of stdout is the scenario's observations as JSON (test_browser.py asserts on them). On
+// any failure a screenshot goes to <shots>/<scenario>-<notebook>.png and the exit status is 1.
+// Needs playwright-core under $RUSTLOOP_NODE_DIR/node_modules and /usr/bin/chromium
+// (tests/run installs both).
+
+import { createRequire } from 'node:module';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+const require = createRequire(path.join(process.env.RUSTLOOP_NODE_DIR, 'node_modules', '/'));
+const { chromium } = require('playwright-core');
+
+const [scenarioName, rawArgs] = process.argv.slice(2);
+const args = JSON.parse(rawArgs || '{}');
+const CELL_TIMEOUT = (args.cellTimeout || 600) * 1000;
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function launch() {
+  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'rustloop-chromium-'));
+  const context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: '/usr/bin/chromium',
+    headless: true,
+    viewport: { width: 1280, height: 900 },
+    args: [
+      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+    ],
+  });
+  return { context, userDataDir };
+}
+
+/** Opens the notebook and waits until its kernel is idle. */
+async function open(page, notebook) {
+  const route = args.ui === 'notebook' ? 'notebooks' : 'lab/tree';
+  await page.goto(`${args.url}/${route}/${encodeURIComponent(notebook)}?token=${args.token}`);
+  await page.waitForSelector('.jp-Notebook .jp-Cell', { timeout: 120000 });
+  await waitIdle(page, 180000);
+}
+
+/** The kernel is idle (toolbar execution indicator) and no cell waits (`[*]`). */
+async function waitIdle(page, timeout = CELL_TIMEOUT) {
+  await page.waitForFunction(
+    () => {
+      const indicator = document.querySelector('.jp-Notebook-ExecutionIndicator');
+      const idle = indicator && indicator.getAttribute('data-status') === 'idle';
+      const busy = [...document.querySelectorAll('.jp-InputPrompt')].some((p) =>
+        p.textContent.includes('*'),
+      );
+      return idle && !busy;
+    },
+    null,
+    { timeout, polling: 200 },
+  );
+}
+
+/** Runs a JupyterLab command through its menu bar entry. */
+async function menu(page, top, command) {
+  await page.click(`.lm-MenuBar-itemLabel:text-is("${top}")`);
+  await page.click(`.lm-Menu-item[data-command="${command}"]`);
+}
+
+async function runAll(page) {
+  await menu(page, 'Run', 'notebook:run-all-cells');
+  // Run All marks every code cell `[*]` at once; wait for that, then for the end.
+  await page.waitForFunction(
+    () => [...document.querySelectorAll('.jp-InputPrompt')].some((p) => p.textContent.includes('*')),
+    null,
+    { timeout: 30000, polling: 50 },
+  ).catch(() => {});
+  await waitIdle(page);
+}
+
+/** Each cell: its type, prompt (`[3]:`, `[ ]:`) and the text of its outputs. */
+async function cells(page) {
+  return page.$$eval('.jp-Notebook .jp-Cell', (nodes) =>
+    nodes.map((cell) => ({
+      code: cell.classList.contains('jp-CodeCell'),
+      prompt: (cell.querySelector('.jp-InputArea .jp-InputPrompt')?.textContent || '').trim(),
+      outputs: [...cell.querySelectorAll('.jp-OutputArea-output')].map((o) => o.innerText),
+      errors: cell.querySelectorAll('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').length,
+    })),
+  );
+}
+
+/** Puts `code` into cell `index` (0-based; the notebook must have that many cells). */
+async function typeInto(page, index, code) {
+  const editor = page.locator('.jp-Notebook .jp-Cell').nth(index).locator('.cm-content');
+  await editor.click();
+  await page.keyboard.press('Control+a');
+  await page.keyboard.press('Delete');
+  await page.keyboard.insertText(code);
+}
+
+async function saveNotebook(page) {
+  await page.keyboard.press('Control+s');
+  await page.waitForFunction(
+    () => !document.querySelector('.jp-mod-dirty'),
+    null,
+    { timeout: 30000 },
+  ).catch(() => {});
+  await sleep(500);
+}
+
+const scenarios = {
+  /** Run All `times` times (restarting the kernel in between): every run's outputs. */
+  async runAll(page) {
+    await open(page, args.notebook);
+    const runs = [];
+    for (let i = 0; i < (args.times || 1); i++) {
+      if (i > 0) {
+        await menu(page, 'Kernel', 'kernelmenu:restart');
+        await page.click('.jp-Dialog-button.jp-mod-accept');
+        await waitIdle(page, 180000);
+      }
+      await runAll(page);
+      runs.push(await cells(page));
+    }
+    await saveNotebook(page);
+    return { runs };
+  },
+
+  /** Run All of a notebook with a failing cell: prompts as shown and as saved. */
+  async skippedPrompts(page) {
+    await open(page, args.notebook);
+    await runAll(page);
+    const shown = await cells(page);
+    await saveNotebook(page);
+    return { shown };
+  },
+
+  /** Types `code` in the first cell, presses Tab: the completer's entries. */
+  async completer(page) {
+    await open(page, args.notebook);
+    await typeInto(page, 0, args.code);
+    await page.keyboard.press('Tab');
+    await page.waitForSelector('.jp-Completer .jp-Completer-item', { timeout: 120000 });
+    const entries = await page.$$eval('.jp-Completer .jp-Completer-item', (items) =>
+      items.map((i) => i.querySelector('.jp-Completer-match')?.textContent || i.textContent),
+    );
+    // Take the first entry: what goes into the editor.
+    await page.keyboard.press('Enter');
+    await sleep(300);
+    const inserted = await page.locator('.jp-Notebook .jp-Cell').nth(0).locator('.cm-content').innerText();
+    return { entries, inserted };
+  },
+
+  /** Types `code` in the first cell, presses Shift+Tab: the tooltip's text. */
+  async tooltip(page) {
+    await open(page, args.notebook);
+    await typeInto(page, 0, args.code);
+    await page.keyboard.press('Shift+Tab');
+    const tooltip = await page.waitForSelector('.jp-Tooltip', { timeout: 120000 });
+    await sleep(300);
+    return { text: await tooltip.innerText() };
+  },
+
+  /**
+   * Runs cells one by one (each after the previous ended) with a pause after each: outputs
+   * per cell. For late output: a task spawned in one cell prints after a later cell ran.
+   */
+  async runEach(page) {
+    await open(page, args.notebook);
+    const count = await page.locator('.jp-Notebook .jp-Cell').count();
+    for (let i = 0; i < count; i++) {
+      await page.locator('.jp-Notebook .jp-Cell').nth(i).locator('.jp-InputArea-prompt').click();
+      await page.keyboard.press('Control+Enter');
+      await sleep(300);
+      await waitIdle(page);
+      await sleep(args.pauseMs || 0);
+    }
+    await sleep(args.finalWaitMs || 0);
+    return { shown: await cells(page) };
+  },
+
+  /** Runs cell `index`, waits `afterMs`, clicks the toolbar's stop button, waits idle. */
+  async stop(page) {
+    await open(page, args.notebook);
+    const cellAt = (i) => page.locator('.jp-Notebook .jp-Cell').nth(i);
+    for (let i = 0; i < args.before; i++) {
+      await cellAt(i).locator('.jp-InputArea-prompt').click();
+      await page.keyboard.press('Control+Enter');
+      await sleep(300);
+      await waitIdle(page);
+    }
+    await cellAt(args.before).locator('.jp-InputArea-prompt').click();
+    await page.keyboard.press('Control+Enter');
+    await sleep(args.afterMs || 3000);
+    const stillRunning = (await cellAt(args.before).locator('.jp-InputPrompt').innerText()).includes('*');
+    await page.click('.jp-Toolbar [data-command="notebook:interrupt-kernel"]');
+    await waitIdle(page, 60000);
+    for (let i = args.before + 1; i < (await page.locator('.jp-Notebook .jp-Cell').count()); i++) {
+      await cellAt(i).locator('.jp-InputArea-prompt').click();
+      await page.keyboard.press('Control+Enter');
+      await sleep(300);
+      await waitIdle(page);
+    }
+    return { stillRunning, shown: await cells(page) };
+  },
+
+  /** Runs the first cell, answers the input box with `answer`. */
+  async input(page) {
+    await open(page, args.notebook);
+    await page.locator('.jp-Notebook .jp-Cell').nth(0).locator('.jp-InputArea-prompt').click();
+    await page.keyboard.press('Control+Enter');
+    const box = await page.waitForSelector('.jp-Stdin-input', { timeout: CELL_TIMEOUT });
+    const prompt = await page.locator('.jp-Stdin-prompt').first().innerText();
+    await box.fill(args.answer);
+    await page.keyboard.press('Enter');
+    await waitIdle(page);
+    return { prompt, shown: await cells(page) };
+  },
+
+  /** Runs the first cell and samples what its output shows every `everyMs` for `forMs`. */
+  async watch(page) {
+    await open(page, args.notebook);
+    await page.locator('.jp-Notebook .jp-Cell').nth(0).locator('.jp-InputArea-prompt').click();
+    await page.keyboard.press('Control+Enter');
+    const samples = [];
+    const end = Date.now() + args.forMs;
+    while (Date.now() < end) {
+      const shown = await cells(page);
+      samples.push({ prompt: shown[0].prompt, outputs: shown[0].outputs });
+      await sleep(args.everyMs || 200);
+    }
+    await waitIdle(page);
+    return { samples, shown: await cells(page) };
+  },
+};
+
+const { context, userDataDir } = await launch();
+const page = context.pages()[0] || (await context.newPage());
+const shot = path.join(args.shots || os.tmpdir(), `${scenarioName}-${path.basename(args.notebook || 'x')}.png`);
+let status = 0;
+try {
+  const result = await scenarios[scenarioName](page);
+  await page.screenshot({ path: shot.replace(/\.png$/, '-end.png'), fullPage: true });
+  console.log(JSON.stringify(result));
+} catch (e) {
+  status = 1;
+  console.error(`${scenarioName} failed: ${e.stack || e}`);
+  await page.screenshot({ path: shot, fullPage: true }).catch(() => {});
+  console.error(`screenshot: ${shot}`);
+} finally {
+  await context.close();
+  fs.rmSync(userDataDir, { recursive: true, force: true });
+}
+process.exit(status);
