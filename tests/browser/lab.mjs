@@ -43,14 +43,26 @@ async function open(page, notebook) {
   await page.goto(`${args.url}/${route}/${encodeURIComponent(notebook)}?token=${args.token}`);
   await page.waitForSelector('.jp-Notebook .jp-Cell', { timeout: 120000 });
   await waitIdle(page, 180000);
+  if (process.env.RUSTLOOP_BROWSER_DEBUG) {
+    await page.screenshot({ path: path.join(args.shots, 'opened.png') });
+  }
 }
 
 /** The kernel is idle (toolbar execution indicator) and no cell waits (`[*]`). */
 async function waitIdle(page, timeout = CELL_TIMEOUT) {
   await page.waitForFunction(
     () => {
-      const indicator = document.querySelector('.jp-Notebook-ExecutionIndicator');
-      const idle = indicator && indicator.getAttribute('data-status') === 'idle';
+      // The notebook toolbar's kernel indicator (the status bar has another one).
+      const indicator = document.querySelector(
+        '.jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator',
+      );
+      const kernel = document.querySelector('.jp-NotebookPanel-toolbar .jp-Toolbar-kernelName');
+      const idle =
+        indicator &&
+        indicator.getAttribute('data-status') === 'idle' &&
+        (!kernel || kernel.textContent.includes('rustloop')) &&
+        !document.querySelector('.jp-Dialog') &&
+        !document.querySelector('.jp-NotebookPanel .jp-Spinner');
       const busy = [...document.querySelectorAll('.jp-InputPrompt')].some((p) =>
         p.textContent.includes('*'),
       );
@@ -61,14 +73,14 @@ async function waitIdle(page, timeout = CELL_TIMEOUT) {
   );
 }
 
-/** Runs a JupyterLab command through its menu bar entry. */
-async function menu(page, top, command) {
+/** Clicks a menu bar entry: `top` menu, then the item labelled `label`. */
+async function menu(page, top, label) {
   await page.click(`.lm-MenuBar-itemLabel:text-is("${top}")`);
-  await page.click(`.lm-Menu-item[data-command="${command}"]`);
+  await page.click(`.lm-Menu-itemLabel:text-is("${label}")`);
 }
 
 async function runAll(page) {
-  await menu(page, 'Run', 'notebook:run-all-cells');
+  await menu(page, 'Run', 'Run All Cells');
   // Run All marks every code cell `[*]` at once; wait for that, then for the end.
   await page.waitForFunction(
     () => [...document.querySelectorAll('.jp-InputPrompt')].some((p) => p.textContent.includes('*')),
@@ -116,7 +128,7 @@ const scenarios = {
     const runs = [];
     for (let i = 0; i < (args.times || 1); i++) {
       if (i > 0) {
-        await menu(page, 'Kernel', 'kernelmenu:restart');
+        await menu(page, 'Kernel', 'Restart Kernel…');
         await page.click('.jp-Dialog-button.jp-mod-accept');
         await waitIdle(page, 180000);
       }

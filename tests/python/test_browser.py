@@ -66,7 +66,8 @@ class Server:
         self.log = open(self.root.parent / f"{self.root.name}.log", "w")
         self.proc = subprocess.Popen(
             ["jupyter", app, "--no-browser", f"--port={self.port}", "--ip=127.0.0.1",
-             f"--ServerApp.token={self.token}", f"--ServerApp.root_dir={self.root}",
+             f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root}",
+             "--allow-root",
              "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
