@@ -56,7 +56,7 @@ pub fn cell_location(location: &str, generated: &str, cell: &str) -> String {
     }
     match best {
         // A few characters (`x`, `v[`) could come from any line; a macro name or a call can not.
-        Some((matched, i)) if matched >= 4 || matched == from.trim_end().len() && matched > 0 => {
+        Some((matched, i)) if matched >= 4 || (matched > 0 && matched == from.trim_end().len()) => {
             format!("cell line {}", i + 1)
         }
         _ => "code rustloop generated for this cell".to_owned(),

@@ -3,7 +3,8 @@
 //
 //   node lab.mjs <scenario> '<json arguments>'
 //
-// Arguments: {url, token, notebook, ui: "lab"|"notebook", shots, ...scenario's own}. The last
+// Arguments: {url, token, root (the served folder), notebook, ui: "lab"|"notebook", shots,
+// ...scenario's own}. The last
 // line of stdout is the scenario's observations as JSON (test_browser.py asserts on them). On
 // any failure a screenshot goes to <shots>/<scenario>-<notebook>.png and the exit status is 1.
 // Needs playwright-core under $RUSTLOOP_NODE_DIR/node_modules and /usr/bin/chromium
@@ -97,7 +98,6 @@ async function cells(page) {
       code: cell.classList.contains('jp-CodeCell'),
       prompt: (cell.querySelector('.jp-InputArea .jp-InputPrompt')?.textContent || '').trim(),
       outputs: [...cell.querySelectorAll('.jp-OutputArea-output')].map((o) => o.innerText),
-      errors: cell.querySelectorAll('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').length,
     })),
   );
 }
@@ -108,17 +108,62 @@ async function typeInto(page, index, code) {
   await editor.click();
   await page.keyboard.press('Control+a');
   await page.keyboard.press('Delete');
-  await page.keyboard.insertText(code);
+  await page.keyboard.type(code, { delay: 20 });
+  await sleep(500);
 }
 
-async function saveNotebook(page) {
-  await page.keyboard.press('Control+s');
+const cellAt = (page, i) => page.locator('.jp-Notebook .jp-Cell').nth(i);
+
+/** Starts cell `index` (focuses its editor, Ctrl+Enter) and waits until it is queued. */
+async function startCell(page, index) {
+  await cellAt(page, index).locator('.cm-content').click();
+  await page.keyboard.press('Control+Enter');
   await page.waitForFunction(
-    () => !document.querySelector('.jp-mod-dirty'),
-    null,
-    { timeout: 30000 },
-  ).catch(() => {});
-  await sleep(500);
+    (i) => {
+      const cell = document.querySelectorAll('.jp-Notebook .jp-Cell')[i];
+      const prompt = cell?.querySelector('.jp-InputPrompt')?.textContent || '';
+      return /\[[*0-9]+\]/.test(prompt);
+    },
+    index,
+    { timeout: 30000, polling: 50 },
+  );
+}
+
+/** Runs cell `index` to its end. */
+async function runCell(page, index) {
+  await startCell(page, index);
+  await waitIdle(page);
+}
+
+/** The toolbar's stop (interrupt) button. */
+async function clickStop(page) {
+  const byCommand = page.locator('.jp-NotebookPanel-toolbar [data-command="notebook:interrupt-kernel"]');
+  if (await byCommand.count()) {
+    await byCommand.first().click();
+  } else {
+    await page.locator('.jp-NotebookPanel-toolbar [title^="Interrupt"]').first().click();
+  }
+}
+
+/**
+ * Saves the notebook (Ctrl+S) and returns what the server wrote: each code cell's
+ * execution_count and output types (read from the file in the served folder, `args.root`).
+ */
+async function saveNotebook(page) {
+  const file = path.join(args.root, args.notebook);
+  const before = fs.statSync(file).mtimeMs;
+  await page.keyboard.press('Control+s');
+  const deadline = Date.now() + 30000;
+  while (fs.statSync(file).mtimeMs === before && Date.now() < deadline) await sleep(100);
+  await sleep(300);
+  const nb = JSON.parse(fs.readFileSync(file, 'utf8'));
+  return nb.cells
+    .filter((c) => c.cell_type === 'code')
+    .map((c) => ({
+      count: c.execution_count,
+      outputs: c.outputs.map((o) => o.output_type),
+      errors: c.outputs.filter((o) => o.output_type === 'error').map((o) => `${o.ename}: ${o.evalue}`),
+    }));
 }
 
 const scenarios = {
@@ -133,9 +178,8 @@ const scenarios = {
         await waitIdle(page, 180000);
       }
       await runAll(page);
-      runs.push(await cells(page));
+      runs.push({ shown: await cells(page), saved: await saveNotebook(page) });
     }
-    await saveNotebook(page);
     return { runs };
   },
 
@@ -144,14 +188,17 @@ const scenarios = {
     await open(page, args.notebook);
     await runAll(page);
     const shown = await cells(page);
-    await saveNotebook(page);
-    return { shown };
+    return { shown, saved: await saveNotebook(page) };
   },
 
-  /** Types `code` in the first cell, presses Tab: the completer's entries. */
+  /**
+   * Runs the first cell (the evaluator is warm after it), types `code` in the second, presses
+   * Tab: the completer's entries and what choosing the first one inserts.
+   */
   async completer(page) {
     await open(page, args.notebook);
-    await typeInto(page, 0, args.code);
+    await runCell(page, 0);
+    await typeInto(page, 1, args.code);
     await page.keyboard.press('Tab');
     await page.waitForSelector('.jp-Completer .jp-Completer-item', { timeout: 120000 });
     const entries = await page.$$eval('.jp-Completer .jp-Completer-item', (items) =>
@@ -160,14 +207,15 @@ const scenarios = {
     // Take the first entry: what goes into the editor.
     await page.keyboard.press('Enter');
     await sleep(300);
-    const inserted = await page.locator('.jp-Notebook .jp-Cell').nth(0).locator('.cm-content').innerText();
+    const inserted = await cellAt(page, 1).locator('.cm-content').innerText();
     return { entries, inserted };
   },
 
-  /** Types `code` in the first cell, presses Shift+Tab: the tooltip's text. */
+  /** Runs the first cell, types `code` in the second, presses Shift+Tab: the tooltip's text. */
   async tooltip(page) {
     await open(page, args.notebook);
-    await typeInto(page, 0, args.code);
+    await runCell(page, 0);
+    await typeInto(page, 1, args.code);
     await page.keyboard.press('Shift+Tab');
     const tooltip = await page.waitForSelector('.jp-Tooltip', { timeout: 120000 });
     await sleep(300);
@@ -175,57 +223,47 @@ const scenarios = {
   },
 
   /**
-   * Runs cells one by one (each after the previous ended) with a pause after each: outputs
-   * per cell. For late output: a task spawned in one cell prints after a later cell ran.
+   * Runs cells one by one (each after the previous ended), waiting `pauseMs` after each and
+   * `finalWaitMs` at the end: outputs per cell (late output of tasks).
    */
   async runEach(page) {
     await open(page, args.notebook);
     const count = await page.locator('.jp-Notebook .jp-Cell').count();
     for (let i = 0; i < count; i++) {
-      await page.locator('.jp-Notebook .jp-Cell').nth(i).locator('.jp-InputArea-prompt').click();
-      await page.keyboard.press('Control+Enter');
-      await sleep(300);
-      await waitIdle(page);
+      await runCell(page, i);
       await sleep(args.pauseMs || 0);
     }
     await sleep(args.finalWaitMs || 0);
     return { shown: await cells(page) };
   },
 
-  /** Runs cell `index`, waits `afterMs`, clicks the toolbar's stop button, waits idle. */
+  /**
+   * Runs the cells before `before`, starts cell `before`, clicks the toolbar's stop button
+   * after `afterMs`, then runs the remaining cells.
+   */
   async stop(page) {
     await open(page, args.notebook);
-    const cellAt = (i) => page.locator('.jp-Notebook .jp-Cell').nth(i);
-    for (let i = 0; i < args.before; i++) {
-      await cellAt(i).locator('.jp-InputArea-prompt').click();
-      await page.keyboard.press('Control+Enter');
-      await sleep(300);
-      await waitIdle(page);
-    }
-    await cellAt(args.before).locator('.jp-InputArea-prompt').click();
-    await page.keyboard.press('Control+Enter');
+    for (let i = 0; i < args.before; i++) await runCell(page, i);
+    await startCell(page, args.before);
     await sleep(args.afterMs || 3000);
-    const stillRunning = (await cellAt(args.before).locator('.jp-InputPrompt').innerText()).includes('*');
-    await page.click('.jp-Toolbar [data-command="notebook:interrupt-kernel"]');
+    const prompt = await cellAt(page, args.before).locator('.jp-InputPrompt').innerText();
+    const stillRunning = prompt.includes('*');
+    await clickStop(page);
     await waitIdle(page, 60000);
-    for (let i = args.before + 1; i < (await page.locator('.jp-Notebook .jp-Cell').count()); i++) {
-      await cellAt(i).locator('.jp-InputArea-prompt').click();
-      await page.keyboard.press('Control+Enter');
-      await sleep(300);
-      await waitIdle(page);
-    }
+    const count = await page.locator('.jp-Notebook .jp-Cell').count();
+    for (let i = args.before + 1; i < count; i++) await runCell(page, i);
     return { stillRunning, shown: await cells(page) };
   },
 
   /** Runs the first cell, answers the input box with `answer`. */
   async input(page) {
     await open(page, args.notebook);
-    await page.locator('.jp-Notebook .jp-Cell').nth(0).locator('.jp-InputArea-prompt').click();
-    await page.keyboard.press('Control+Enter');
-    const box = await page.waitForSelector('.jp-Stdin-input', { timeout: CELL_TIMEOUT });
+    await startCell(page, 0);
+    const box = page.locator('.jp-Stdin-input');
+    await box.waitFor({ timeout: CELL_TIMEOUT });
     const prompt = await page.locator('.jp-Stdin-prompt').first().innerText();
     await box.fill(args.answer);
-    await page.keyboard.press('Enter');
+    await box.press('Enter');
     await waitIdle(page);
     return { prompt, shown: await cells(page) };
   },
@@ -233,8 +271,7 @@ const scenarios = {
   /** Runs the first cell and samples what its output shows every `everyMs` for `forMs`. */
   async watch(page) {
     await open(page, args.notebook);
-    await page.locator('.jp-Notebook .jp-Cell').nth(0).locator('.jp-InputArea-prompt').click();
-    await page.keyboard.press('Control+Enter');
+    await startCell(page, 0);
     const samples = [];
     const end = Date.now() + args.forMs;
     while (Date.now() < end) {
@@ -261,6 +298,10 @@ try {
   await page.screenshot({ path: shot, fullPage: true }).catch(() => {});
   console.error(`screenshot: ${shot}`);
 } finally {
+  // Kernels would pile up in the server otherwise (each scenario opens its own notebook).
+  await page.keyboard.press('Escape').catch(() => {});
+  await menu(page, 'Kernel', 'Shut Down Kernel').catch(() => {});
+  await sleep(500);
   await context.close();
   fs.rmSync(userDataDir, { recursive: true, force: true });
 }

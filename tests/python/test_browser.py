@@ -92,8 +92,8 @@ class Server:
 
     def run(self, scenario, notebook, timeout=1800, **kw):
         """Runs one scenario of lab.mjs; returns its observations."""
-        args = {"url": self.url, "token": self.token, "notebook": notebook, "ui": self.ui,
-                "shots": str(SHOTS), **kw}
+        args = {"url": self.url, "token": self.token, "root": str(self.root),
+                "notebook": notebook, "ui": self.ui, "shots": str(SHOTS), **kw}
         started = time.monotonic()
         result = subprocess.run(
             ["node", str(SCRIPT), scenario, json.dumps(args)], capture_output=True, text=True,
@@ -130,25 +130,32 @@ def nb7():
 
 def normalized(run):
     """A run's prompts and outputs with numbers blanked (timings differ between runs)."""
-    return [(c["prompt"], [re.sub(r"\d+(\.\d+)?", "N", o) for o in c["outputs"]]) for c in run]
+    return [
+        (c["prompt"], [re.sub(r"\d+(\.\d+)?", "N", o) for o in c["outputs"]])
+        for c in run["shown"]
+    ]
+
+
+def check_run(run):
+    """Every code cell ran in order, none ended in an error (as saved by the page)."""
+    saved = run["saved"]
+    assert [c["errors"] for c in saved if c["errors"]] == []
+    assert [c["count"] for c in saved] == list(range(1, len(saved) + 1))
+    prompts = [c["prompt"] for c in run["shown"] if c["code"]]
+    assert prompts == [f"[{i + 1}]:" for i in range(len(saved))], prompts
 
 
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_run_all_notebook(lab, path):
     """Run All of each notebook in notebooks/: error-free, every cell numbered in order, the
-    same outputs on each run (RUSTLOOP_BROWSER_RUNS)."""
+    same outputs on each run (RUSTLOOP_BROWSER_RUNS, default 1)."""
     shutil.copy(path, lab.root / path.name)
     runs = lab.run("runAll", path.name, times=RUNS)["runs"]
     for run in runs:
-        code = [c for c in run if c["code"]]
-        assert all(c["errors"] == 0 for c in code), [c for c in code if c["errors"]]
-        prompts = [c["prompt"] for c in code]
-        assert prompts == [f"[{i + 1}]:" for i in range(len(code))], prompts
+        check_run(run)
     for run in runs[1:]:
         assert normalized(run) == normalized(runs[0])
-    saved = nbformat.read(lab.root / path.name, as_version=4)
-    assert all(c.get("execution_count") for c in saved.cells if c.cell_type == "code")
 
 
 @pytest.mark.timeout(1800)
@@ -156,10 +163,7 @@ def test_notebook7_runs_a_notebook(nb7):
     """Notebook 7 (the same front end in another shell) runs rich_output.ipynb."""
     path = REPO / "notebooks/rich_output.ipynb"
     shutil.copy(path, nb7.root / path.name)
-    run = nb7.run("runAll", path.name)["runs"][0]
-    code = [c for c in run if c["code"]]
-    assert all(c["errors"] == 0 for c in code)
-    assert [c["prompt"] for c in code] == [f"[{i + 1}]:" for i in range(len(code))]
+    check_run(nb7.run("runAll", path.name)["runs"][0])
 
 
 @pytest.mark.timeout(900)
@@ -167,19 +171,19 @@ def test_prompts_of_skipped_cells_after_an_error(lab):
     """Finding 2: Run All over `1`, a panic, `3`, `4` leaves the skipped cells `[ ]` (shown
     and saved as null), as ipykernel does."""
     name = lab.notebook("skipped.ipynb", ["1", 'panic!("boom")', "3", "4"])
-    shown = lab.run("skippedPrompts", name)["shown"]
+    seen = lab.run("skippedPrompts", name)
+    shown = seen["shown"]
     assert [c["prompt"] for c in shown] == ["[1]:", "[2]:", "[ ]:", "[ ]:"], shown
     assert "boom" in "".join(shown[1]["outputs"])
     assert "cell line 1" in "".join(shown[1]["outputs"]), shown[1]
-    saved = nbformat.read(lab.root / name, as_version=4)
-    assert [c.execution_count for c in saved.cells] == [1, 2, None, None]
+    assert [c["count"] for c in seen["saved"]] == [1, 2, None, None], seen["saved"]
 
 
 @pytest.mark.timeout(900)
 def test_completer_first_entries(lab):
     """Finding 5: `tokio::time::sl` + Tab lists `sleep` first, no private `sleep::`, and
     choosing it inserts the name only."""
-    name = lab.notebook("complete.ipynb", [""])
+    name = lab.notebook("complete.ipynb", ["1", ""])
     seen = lab.run("completer", name, code="tokio::time::sl")
     assert seen["entries"][:2] == ["sleep", "sleep_until"], seen
     assert not any(e.endswith("::") or "(" in e for e in seen["entries"]), seen
@@ -189,7 +193,7 @@ def test_completer_first_entries(lab):
 @pytest.mark.timeout(900)
 def test_inspect_tooltip_text(lab):
     """Finding 6: Shift+Tab on `tokio::spawn` shows the docs without rustdoc's hidden lines."""
-    name = lab.notebook("inspect.ipynb", [""])
+    name = lab.notebook("inspect.ipynb", ["1", ""])
     text = lab.run("tooltip", name, code="tokio::spawn")["text"]
     assert "spawn" in text
     lines = [line.strip() for line in text.splitlines()]
@@ -259,3 +263,20 @@ def test_progress_bar(lab):
     assert outputs and all(len(o) == 1 for o in outputs), outputs
     assert len({o[0] for o in outputs}) >= 3, outputs
     assert len(seen["shown"][0]["outputs"]) == 1, seen["shown"]
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.xfail(strict=True, reason="finding 4 is not fixed yet (see test_lab_findings.py)")
+def test_late_task_output_under_its_own_cell(lab):
+    """Finding 4: a task spawned in the first cell prints after the second cell ran; the text
+    shows under the first cell."""
+    name = lab.notebook("late.ipynb", [
+        "tokio::spawn(async {\n"
+        "    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;\n"
+        '    println!("late from the first cell");\n'
+        "});",
+        "2 + 2",
+    ])
+    shown = lab.run("runEach", name, finalWaitMs=4000)["shown"]
+    assert "late from the first cell" in "".join(shown[0]["outputs"]), shown
+    assert shown[1]["outputs"] == ["4"], shown

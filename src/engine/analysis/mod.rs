@@ -81,7 +81,7 @@ fn rank(typed: &str, codes: impl Iterator<Item = String>) -> Vec<String> {
             3
         }
     };
-    names.sort_by(|a, b| (group(a), a.len(), a.as_str()).cmp(&(group(b), b.len(), b.as_str())));
+    names.sort_by_cached_key(|n| (group(n), n.len(), n.clone()));
     names
 }
 
