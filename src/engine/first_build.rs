@@ -199,7 +199,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("rustloop-first-build-{}", std::process::id()));
         let deps = dir.join("target/debug/deps");
         std::fs::create_dir_all(&deps).unwrap();
-        for f in ["libtokio-1a.rlib", "libtokio-1a.rmeta", "libtokio_macros-2b.so", "libctx.so", "x.d"] {
+        for f in [
+            "libtokio-1a.rlib",
+            "libtokio-1a.rmeta",
+            "libtokio_macros-2b.so",
+            "libctx.so",
+            "x.d",
+        ] {
             std::fs::write(deps.join(f), b"").unwrap();
         }
         std::fs::write(
@@ -213,7 +219,12 @@ mod tests {
         let data = bundle(&p);
         let text = data["text/plain"].as_str().unwrap();
         assert!(text.contains("2 of about 3 crates"), "{text}");
-        assert!(data["text/html"].as_str().unwrap().contains("<progress value=\"67\""));
+        assert!(
+            data["text/html"]
+                .as_str()
+                .unwrap()
+                .contains("<progress value=\"67\"")
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

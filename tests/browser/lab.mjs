@@ -97,7 +97,7 @@ async function cells(page) {
     nodes.map((cell) => ({
       code: cell.classList.contains('jp-CodeCell'),
       prompt: (cell.querySelector('.jp-InputArea .jp-InputPrompt')?.textContent || '').trim(),
-      outputs: [...cell.querySelectorAll('.jp-OutputArea-output')].map((o) => o.innerText),
+      outputs: [...cell.querySelectorAll('.jp-OutputArea-output')].map((o) => o.textContent.trim()),
     })),
   );
 }

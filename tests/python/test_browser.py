@@ -63,6 +63,15 @@ class Server:
             "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"),
             "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
         }
+        # Every cell in the DOM (no windowing), no news prompt in the corner.
+        settings = {
+            "notebook-extension/tracker": {"windowingMode": "none"},
+            "apputils-extension/notification": {"fetchNews": "false"},
+        }
+        for name, value in settings.items():
+            file = home / "settings" / f"@jupyterlab/{name}.jupyterlab-settings"
+            file.parent.mkdir(parents=True, exist_ok=True)
+            file.write_text(json.dumps(value))
         self.log = open(self.root.parent / f"{self.root.name}.log", "w")
         self.proc = subprocess.Popen(
             ["jupyter", app, "--no-browser", f"--port={self.port}", "--ip=127.0.0.1",
@@ -99,7 +108,8 @@ class Server:
             ["node", str(SCRIPT), scenario, json.dumps(args)], capture_output=True, text=True,
             timeout=timeout, env={**os.environ, "RUSTLOOP_NODE_DIR": str(NODE_DIR)},
         )
-        print(f"{scenario} {notebook}: {time.monotonic() - started:.1f} s")
+        # Shown by pytest with a failure: where the screenshots are.
+        print(f"{scenario} {notebook}: {time.monotonic() - started:.1f} s; screenshots: {SHOTS}")
         assert result.returncode == 0, (
             f"{scenario} failed (screenshots in {SHOTS}):\n{result.stderr[-4000:]}"
         )
