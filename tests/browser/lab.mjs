@@ -114,10 +114,10 @@ async function typeInto(page, index, code) {
 
 const cellAt = (page, i) => page.locator('.jp-Notebook .jp-Cell').nth(i);
 
-/** Starts cell `index` (focuses its editor, Ctrl+Enter) and waits until it is queued. */
+/** Starts cell `index` (selects it, Run menu) and waits until it is queued. */
 async function startCell(page, index) {
-  await cellAt(page, index).locator('.cm-content').click();
-  await page.keyboard.press('Control+Enter');
+  await cellAt(page, index).locator('.jp-InputPrompt').click();
+  await menu(page, 'Run', 'Run Selected Cell and Do not Advance');
   await page.waitForFunction(
     (i) => {
       const cell = document.querySelectorAll('.jp-Notebook .jp-Cell')[i];
