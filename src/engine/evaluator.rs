@@ -47,6 +47,8 @@ struct Inner {
     child: Mutex<Option<Arc<Mutex<std::process::Child>>>>,
     warm: AtomicBool,
     cold_cache: bool,
+    /// The cache slot (its target directory shows how far a first build is).
+    slot_dir: std::path::PathBuf,
     warnings_file: std::path::PathBuf,
     link: Arc<Link>,
     fast_lane: FastLane,
@@ -98,6 +100,7 @@ impl Engine {
             child: Mutex::new(None),
             warm: AtomicBool::new(false),
             cold_cache: !slot.is_warm(),
+            slot_dir: slot.dir.clone(),
             fast_lane: FastLane::new(&slot, warnings_file.clone()),
             warnings_file,
             link: link.clone(),
@@ -115,13 +118,12 @@ impl Engine {
     /// Queues a cell. Its outputs and then `Event::Finished` arrive through the sink.
     pub fn execute(&self, request: Execute) {
         if !self.inner.warm.load(Ordering::SeqCst) && self.inner.cold_cache {
-            self.inner.router.emit(Output::Stream {
-                stderr: true,
-                text: "rustloop: first session with this toolchain: compiling tokio and the \
-                       rustloop runtime once (about a minute on 2 cores; later sessions start \
-                       in about a second)...\n"
-                    .to_owned(),
-            });
+            let (emit, done) = (self.inner.clone(), self.inner.clone());
+            super::first_build::show(
+                self.inner.slot_dir.clone(),
+                move |output| emit.router.emit(output),
+                move || done.warm.load(Ordering::SeqCst),
+            );
         }
         if !self.inner.warm.load(Ordering::SeqCst)
             && self.inner.fast_lane.is_open()

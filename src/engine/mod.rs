@@ -18,6 +18,7 @@ mod child;
 mod errors;
 mod evaluator;
 mod fast_lane;
+mod first_build;
 mod link;
 mod outcome;
 mod router;

@@ -10,11 +10,13 @@ use std::time::Duration;
 /// process is restarted (the cell is stuck in code with no `.await` to cancel at).
 pub const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
 
-/// `src/lib.rs:LINE:COL` of the generated source -> `cell line N` when that line of generated
-/// code is one of the cell's own lines (it usually is: user lines are copied verbatim).
+/// `src/lib.rs:LINE:COL` of the generated source -> `cell line N`. User lines are usually
+/// copied verbatim; when rustloop rewrote the line (a final expression becomes
+/// `(&(e)).evcxr_display()`, `.await` becomes `rustloop::__await(..)`, statements move into the
+/// store's closure), the cell line is found from the code at the panic's column instead.
 pub fn cell_location(location: &str, generated: &str, cell: &str) -> String {
     let mut parts = location.rsplitn(3, ':');
-    let (Some(_col), Some(line), Some(file)) = (parts.next(), parts.next(), parts.next()) else {
+    let (Some(col), Some(line), Some(file)) = (parts.next(), parts.next(), parts.next()) else {
         return location.to_owned();
     };
     let Some(text) = line
@@ -25,13 +27,39 @@ pub fn cell_location(location: &str, generated: &str, cell: &str) -> String {
     else {
         return location.to_owned();
     };
-    let text = text.trim();
-    match cell
-        .lines()
-        .position(|l| !text.is_empty() && l.trim() == text)
+    let cell_lines: Vec<&str> = cell.lines().collect();
+    let trimmed = text.trim();
+    if let Some(i) = cell_lines
+        .iter()
+        .position(|l| !trimmed.is_empty() && l.trim() == trimmed)
     {
-        Some(i) => format!("cell line {}", i + 1),
-        None => "code rustloop generated for this cell".to_owned(),
+        return format!("cell line {}", i + 1);
+    }
+    // The code from the panic's column on (`panic!("boom"))).evcxr_display()`): the cell line
+    // holding the longest start of it wins.
+    let from = col
+        .parse::<usize>()
+        .ok()
+        .and_then(|c| text.char_indices().nth(c.saturating_sub(1)))
+        .map_or(trimmed, |(byte, _)| &text[byte..]);
+    let mut best: Option<(usize, usize)> = None; // (matched chars, cell line)
+    for (i, line) in cell_lines.iter().enumerate() {
+        let matched = from
+            .char_indices()
+            .map(|(b, c)| b + c.len_utf8())
+            .take_while(|&end| line.contains(&from[..end]))
+            .last()
+            .unwrap_or(0);
+        if best.is_none_or(|(m, _)| matched > m) {
+            best = Some((matched, i));
+        }
+    }
+    match best {
+        // A few characters (`x`, `v[`) could come from any line; a macro name or a call can not.
+        Some((matched, i)) if matched >= 4 || (matched > 0 && matched == from.trim_end().len()) => {
+            format!("cell line {}", i + 1)
+        }
+        _ => "code rustloop generated for this cell".to_owned(),
     }
 }
 
@@ -143,6 +171,23 @@ mod tests {
         assert_eq!(
             cell_location("/home/x/.cargo/registry/src/a.rs:3:9", generated, cell),
             "/home/x/.cargo/registry/src/a.rs:3:9"
+        );
+    }
+
+    #[test]
+    fn panic_in_a_rewritten_line_points_at_the_cell_line() {
+        // `panic!("boom")` alone: the final expression is wrapped for display.
+        let generated = "{\nlet __rustloop_run = ::std::panic::catch_unwind(|| {\n\
+                         (&(panic!(\"boom\"))).evcxr_display();\n}));\n}";
+        let cell = "// a comment\npanic!(\"boom\")";
+        assert_eq!(
+            cell_location("src/lib.rs:3:4", generated, cell),
+            "cell line 2"
+        );
+        // A column in generated text that is not the cell's.
+        assert_eq!(
+            cell_location("src/lib.rs:2:5", generated, cell),
+            "code rustloop generated for this cell"
         );
     }
 

@@ -73,32 +73,72 @@ impl History {
     }
 }
 
-/// IPython-style glob: `*` any run, `?` one character, matched against the whole input.
+/// SQLite `GLOB`, which IPython's history search uses: `*` any run, `?` one character,
+/// `[abc]`/`[a-z]`/`[^abc]` a class, everything else literal and case-sensitive, matched
+/// against the whole input. `*` and `?` in the pattern are always wildcards, so `6 *` finds
+/// `6 * 7`.
 fn glob_match(pattern: &str, text: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let t: Vec<char> = text.chars().collect();
     let (mut pi, mut ti) = (0, 0);
+    // Where the last `*` was and the text position it has consumed up to.
     let (mut star, mut mark) = (None, 0);
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ti;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
+        let step = match p.get(pi) {
+            Some('*') => {
+                star = Some(pi);
+                mark = ti;
+                pi += 1;
+                continue;
+            }
+            Some('?') => Some(1),
+            Some('[') => class_match(&p[pi..], t[ti]),
+            Some(&c) => (c == t[ti]).then_some(1),
+            None => None,
+        };
+        match (step, star) {
+            (Some(len), _) => {
+                pi += len;
+                ti += 1;
+            }
+            (None, Some(s)) => {
+                pi = s + 1;
+                mark += 1;
+                ti = mark;
+            }
+            (None, None) => return false,
         }
     }
-    while pi < p.len() && p[pi] == '*' {
+    while p.get(pi) == Some(&'*') {
         pi += 1;
     }
     pi == p.len()
+}
+
+/// Matches `c` against the class starting at `class[0] == '['`; returns the class's length in
+/// the pattern when it matches. An unclosed `[` is a literal, as in SQLite.
+fn class_match(class: &[char], c: char) -> Option<usize> {
+    let mut i = 1;
+    let negate = class.get(i) == Some(&'^');
+    if negate {
+        i += 1;
+    }
+    let mut found = false;
+    let mut first = true;
+    while i < class.len() && (first || class[i] != ']') {
+        first = false;
+        if class.get(i + 1) == Some(&'-') && class.get(i + 2).is_some_and(|&e| e != ']') {
+            found |= class[i] <= c && c <= class[i + 2];
+            i += 3;
+        } else {
+            found |= class[i] == c;
+            i += 1;
+        }
+    }
+    if i >= class.len() {
+        return (c == '[').then_some(1);
+    }
+    (found != negate).then_some(i + 1)
 }
 
 #[cfg(test)]
@@ -148,5 +188,21 @@ mod tests {
         assert!(glob_match("a?c", "abc"));
         assert!(!glob_match("a?c", "abbc"));
         assert!(glob_match("*b*", "abc"));
+        assert!(glob_match("[a-c]x", "bx"));
+        assert!(!glob_match("[^a-c]x", "bx"));
+        assert!(glob_match("[]]", "]"));
+        assert!(!glob_match("A*", "abc"));
+    }
+
+    #[test]
+    fn star_in_the_pattern_is_a_wildcard_even_where_the_text_has_one() {
+        // ipykernel (SQLite GLOB) finds `6 * 7` for `6 *`; a literal-first matcher did not.
+        assert!(glob_match("6 *", "6 * 7"));
+        assert!(glob_match("*[*] 7", "6 * 7"));
+        assert!(glob_match("6 ? 7", "6 * 7"));
+        let mut h = History::default();
+        h.record(1, "6 * 7");
+        let reply = h.reply(&json!({"hist_access_type": "search", "pattern": "6 *"}));
+        assert_eq!(reply["history"], json!([[1, 1, "6 * 7"]]));
     }
 }

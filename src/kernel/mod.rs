@@ -176,19 +176,17 @@ impl Kernel {
     }
 
     /// After an error with `stop_on_error`, every queued execute request is answered
-    /// `aborted`; other requests keep their place.
+    /// `aborted`; other requests keep their place. Like ipykernel, the reply carries no
+    /// `execution_count` (and no `execute_input` is published): the cell did not run, so
+    /// JupyterLab leaves its prompt `[ ]` and saves a null count instead of the failed cell's.
     async fn abort_queued(&mut self) {
         let mut kept = VecDeque::new();
         let queued: Vec<Incoming> = self.queue.drain(..).collect();
         for request in queued {
             if request.msg_type() == "execute_request" {
                 self.status(&request, "busy");
-                self.reply(
-                    &request,
-                    "execute_reply",
-                    json!({ "status": "aborted", "execution_count": self.execution_count }),
-                )
-                .await;
+                self.reply(&request, "execute_reply", json!({ "status": "aborted" }))
+                    .await;
                 self.status(&request, "idle");
             } else {
                 kept.push_back(request);

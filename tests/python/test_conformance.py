@@ -44,12 +44,12 @@ class RustloopKernelTests(jupyter_kernel_test.KernelTests):
 
     code_stderr = 'eprintln!("to stderr");'
 
-    # Matches are what rust-analyzer (through evcxr) proposes: the completed name with the
-    # argument names of the call, replacing the partial word under the cursor.
+    # Matches are the names rust-analyzer (through evcxr) proposes, without argument snippets
+    # (like ipykernel), replacing the partial word under the cursor.
     completion_samples = [
-        {"text": "std::vec::Vec::with_capa", "matches": {"with_capacity(capacity)"}},
-        {"text": "let s = String::with_capa", "matches": {"with_capacity(capacity)"}},
-        {"text": "tokio::time::sleep_unt", "matches": {"sleep_until(deadline)"}},
+        {"text": "std::vec::Vec::with_capa", "matches": {"with_capacity"}},
+        {"text": "let s = String::with_capa", "matches": {"with_capacity"}},
+        {"text": "tokio::time::sleep_unt", "matches": {"sleep_until"}},
         # Only a reply (no fixed match set): a method on a local variable's inferred type.
         {"text": "let n = 5u32;\nn.checked_ad"},
     ]
