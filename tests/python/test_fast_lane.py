@@ -41,6 +41,13 @@ def log_of(k):
     return k.log_path.read_text()
 
 
+def wait_until_warm(k):
+    """Until evcxr has warmed up (the lane is closed from then on)."""
+    deadline = time.monotonic() + FIRST_CELL_TIMEOUT
+    while "evaluator warm after" not in log_of(k) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 def fast_cells(k):
     return [
         line.split("fast lane: cell ")[1].split()[0]
@@ -91,9 +98,7 @@ def test_first_cells_run_during_warm_up_and_definitions_carry_over(logged):
 
     # Once evcxr is warm it reads the lane's values of the lane's types (the definitions it
     # was handed are the same, so the layout is).
-    deadline = time.monotonic() + FIRST_CELL_TIMEOUT
-    while "evaluator warm after" not in log_of(k) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until_warm(k)
     content, outputs = k.execute("format!(\"{:?} {:?}\", p, d)")
     assert content["status"] == "ok", content
     assert result_of(outputs) == '"Point { x: 10, y: 0 } 1ms"'
@@ -175,9 +180,7 @@ def test_dep_as_first_cell_runs_on_the_lane_and_reaches_evcxr(logged):
         assert content["status"] == "ok", content
         assert fast_cells(k2)[:2] == ["[1]", "[2]"], log_of(k2)
         print(f"\nfirst cell `:dep itoa` on the lane: {first:.2f}s")
-        deadline = time.monotonic() + FIRST_CELL_TIMEOUT
-        while "evaluator warm after" not in log_of(k2) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until_warm(k2)
         # evcxr learned the dependency with the lane's definitions
         content, outputs = k2.execute("(s.clone(), itoa::Buffer::new().format(77u8).to_owned())")
         assert content["status"] == "ok", content
