@@ -2,7 +2,7 @@
 //! (the kernel answers `kernel_info` meanwhile), and runs one request at a time. [`Engine`] is
 //! the handle the kernel layer holds; its interrupt and input methods work while a cell runs.
 
-use super::analysis::{Known, complete, inspect};
+use super::analysis::{Known, complete, identifier_end, inspect};
 use super::cache::Slot;
 use super::cell;
 use super::errors::ErrorInfo;
@@ -25,11 +25,15 @@ enum Request {
     Complete {
         code: String,
         cursor: usize,
+        /// Requests are numbered (with inspections): one nobody waits for any more is still
+        /// served, so rust-analyzer learns the path, unless a newer one is queued.
+        seq: u64,
         reply: oneshot::Sender<Completions>,
     },
     Inspect {
         code: String,
         cursor: usize,
+        seq: u64,
         reply: oneshot::Sender<Inspection>,
     },
 }
@@ -55,6 +59,8 @@ struct Inner {
     variables: Mutex<Variables>,
     /// What completion offers while rust-analyzer is loading or the evaluator is busy.
     known: Mutex<Known>,
+    /// Number of the latest completion or inspection request.
+    analysis_seq: std::sync::atomic::AtomicU64,
 }
 
 /// How long a completion or inspection waits for rust-analyzer before the kernel answers
@@ -112,6 +118,7 @@ impl Engine {
             link: link.clone(),
             variables: Mutex::new(Variables::default()),
             known: Mutex::new(Known::default()),
+            analysis_seq: Default::default(),
         });
         let thread_inner = inner.clone();
         let link_path = link.path().to_owned();
@@ -203,6 +210,7 @@ impl Engine {
         self.send(Request::Complete {
             code: code.clone(),
             cursor,
+            seq: self.inner.analysis_seq.fetch_add(1, Ordering::SeqCst) + 1,
             reply,
         });
         match tokio::time::timeout(ANALYSIS_WAIT, rx).await {
@@ -214,19 +222,21 @@ impl Engine {
         }
     }
 
-    /// Documentation from rust-analyzer if it answers within [`ANALYSIS_WAIT`], else none.
+    /// Documentation from rust-analyzer if it answers within [`ANALYSIS_WAIT`], else what it
+    /// showed for the same path before, if anything.
     pub async fn inspect(&self, code: String, cursor: usize) -> Inspection {
         let (reply, rx) = oneshot::channel();
         self.send(Request::Inspect {
-            code,
+            code: code.clone(),
             cursor,
+            seq: self.inner.analysis_seq.fetch_add(1, Ordering::SeqCst) + 1,
             reply,
         });
-        tokio::time::timeout(ANALYSIS_WAIT, rx)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .flatten()
+        match tokio::time::timeout(ANALYSIS_WAIT, rx).await {
+            Ok(Ok(inspection)) => inspection,
+            _ => identifier_end(&code, cursor)
+                .and_then(|end| self.inner.known.lock().unwrap().docs(&code, end)),
+        }
     }
 
     fn send(&self, request: Request) {
@@ -395,9 +405,9 @@ fn evaluator_main(
     let pending = requests.try_recv().ok();
     let startup_error = "the Rust evaluator could not start (see the kernel log or the first \
                          cell's output); check that `cargo` and `rustc` work in this environment";
-    // rust-analyzer loads on the first completion or inspection (seconds); until then a request
-    // whose asker stopped waiting is still served, to get it loaded.
-    let mut analysis_loaded = false;
+    // A request whose asker stopped waiting is skipped only when a newer one is queued.
+    let superseded =
+        |seq: u64, closed: bool| closed && seq < inner.analysis_seq.load(Ordering::SeqCst);
     for request in pending.into_iter().chain(requests.iter()) {
         match request {
             Request::Execute(execute) => {
@@ -419,28 +429,30 @@ fn evaluator_main(
             Request::Complete {
                 code,
                 cursor,
+                seq,
                 reply,
             } => {
-                if reply.is_closed() && analysis_loaded {
+                if superseded(seq, reply.is_closed()) {
                     continue;
                 }
                 let result = context
                     .as_mut()
                     .map(|c| complete(c, &inner.known, &code, cursor))
                     .unwrap_or_default();
-                analysis_loaded |= context.is_some();
                 let _ = reply.send(result);
             }
             Request::Inspect {
                 code,
                 cursor,
+                seq,
                 reply,
             } => {
-                if reply.is_closed() && analysis_loaded {
+                if superseded(seq, reply.is_closed()) {
                     continue;
                 }
-                let result = context.as_mut().and_then(|c| inspect(c, &code, cursor));
-                analysis_loaded |= context.is_some();
+                let result = context
+                    .as_mut()
+                    .and_then(|c| inspect(c, &inner.known, &code, cursor));
                 let _ = reply.send(result);
             }
         }

@@ -114,6 +114,8 @@ pub struct Completions {
     pub matches: Vec<String>,
     pub cursor_start: usize,
     pub cursor_end: usize,
+    /// Whether rust-analyzer answered (else the kernel answered from what it knows).
+    pub from_analysis: bool,
 }
 
 /// `(text/plain, text/html)` documentation for the item at a cursor.

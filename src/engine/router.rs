@@ -175,10 +175,14 @@ impl Router {
         self.runs.lock().unwrap().get(&run).map(|(_, id)| *id)
     }
 
-    /// Where untagged text goes: while a cell has been sent but has not started in the
-    /// evaluation process, text in the pipe was written before it, so it belongs to the run
-    /// before (its tasks, or the cell itself if it just ended).
-    fn untagged_origin(&self) -> Option<ExecId> {
+    /// Where untagged stdout text goes: while a cell has been sent but has not started in the
+    /// evaluation process, stdout text was written before its `cell_start` frame (both travel
+    /// through the same pipe, in order), so it belongs to the run before. stderr has its own
+    /// pipe, unordered with `cell_start`, and stays with the running cell.
+    fn untagged_origin(&self, stderr: bool) -> Option<ExecId> {
+        if stderr {
+            return None;
+        }
         {
             let state = self.state.lock().unwrap();
             if state.executing.is_none() || state.run.is_some() {
@@ -238,7 +242,10 @@ impl Router {
             text
         };
         if !text.is_empty() {
-            self.emit_from(self.untagged_origin(), Output::Stream { stderr, text });
+            self.emit_from(
+                self.untagged_origin(stderr),
+                Output::Stream { stderr, text },
+            );
         }
     }
 

@@ -55,7 +55,10 @@ pub fn warm_up(
         });
     }
     let t0 = Instant::now();
-    let (mut eval, outputs) = EvalContext::with_subprocess_command(command)
+    // Cells reach evcxr without top-level `let`s (the store keeps variables), so its
+    // rust-analyzer pass over each cell's variables would find nothing; rust-analyzer then
+    // loads only when a completion or hover asks (vendor/evcxr/RUSTLOOP-PATCH.md).
+    let (mut eval, outputs) = EvalContext::with_subprocess_command_and_analysis(command, false)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("starting evcxr")?;
     *child.lock().unwrap() = Some(eval.process_handle());
@@ -113,10 +116,6 @@ pub fn warm_up(
     state.set_offline_mode(false);
     eval.eval_with_state("", state)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    // Cells reach evcxr without top-level `let`s (the store keeps variables), so its
-    // rust-analyzer pass over each cell's variables would find nothing; rust-analyzer then
-    // loads only when a completion or hover asks (vendor/evcxr/RUSTLOOP-PATCH.md).
-    eval.set_variable_analysis(false);
     Ok(CommandContext::with_eval_context(eval))
 }
 

@@ -246,10 +246,16 @@ impl BuildJob {
         serde_json::from_str(&std::fs::read_to_string(job_file(warnings_file)).ok()?).ok()
     }
 
-    /// The shared object rustc writes.
-    fn output(&self) -> Option<PathBuf> {
-        let dir = self.args.windows(2).find(|w| w[0] == "--out-dir")?[1].clone();
-        Some(self.cwd.join(dir).join("libctx.so"))
+    /// The shared object rustc writes, and where cargo would put it after the build: next
+    /// to the uplifted runtime library, which the cell finds through its `$ORIGIN` RUNPATH.
+    /// (The evaluation process may have started before `deps/` existed, and glibc then never
+    /// looks there again.)
+    fn outputs(&self) -> Option<(PathBuf, PathBuf)> {
+        let dir = self
+            .cwd
+            .join(&self.args.windows(2).find(|w| w[0] == "--out-dir")?[1]);
+        let uplifted = dir.parent()?.join("libctx.so");
+        Some((dir.join("libctx.so"), uplifted))
     }
 }
 
@@ -270,9 +276,9 @@ impl evcxr::DirectBuild for Direct {
             tracing::debug!("cell build through cargo: the manifest, lock or config changed");
             return None;
         }
-        let so = job.output()?;
+        let (built, uplifted) = job.outputs()?;
         let started = std::time::Instant::now();
-        let output = self.run(&job, &so);
+        let output = self.run(&job, &built, &uplifted);
         tracing::info!(
             "cell built by rustc without cargo in {:?}",
             started.elapsed()
@@ -282,7 +288,7 @@ impl evcxr::DirectBuild for Direct {
 }
 
 impl Direct {
-    fn run(&self, job: &BuildJob, so: &Path) -> Result<Output> {
+    fn run(&self, job: &BuildJob, built: &Path, uplifted: &Path) -> Result<Output> {
         use std::os::unix::process::CommandExt;
         let mut rustc = Command::new(&job.rustc);
         rustc
@@ -305,10 +311,11 @@ impl Direct {
             .collect::<String>()
             .into_bytes();
         if output.status.success() {
+            std::fs::rename(built, uplifted)?;
             let artifact = serde_json::json!({
                 "reason": "compiler-artifact",
                 "target": {"name": "ctx"},
-                "filenames": [so],
+                "filenames": [uplifted],
             });
             output.stdout = format!("{artifact}\n").into_bytes();
         }

@@ -230,7 +230,9 @@ impl Kernel {
                         "matches": result.matches,
                         "cursor_start": result.cursor_start,
                         "cursor_end": result.cursor_end,
-                        "metadata": {},
+                        "metadata": {
+                            "rustloop_source": if result.from_analysis { "rust-analyzer" } else { "known" },
+                        },
                     }),
                 )
                 .await;

@@ -2,9 +2,11 @@
 
 Every sample attribute jupyter_kernel_test 0.7 knows is filled in. The package's own
 `TIMEOUT` (15 s) is shorter than a cold first cell can take, so `setUpClass` runs a
-warm-up cell with the long first-cell timeout before any sample test runs.
+warm-up cell with the long first-cell timeout, and waits for rust-analyzer (which loads on
+the first completion), before any sample test runs.
 """
 
+import time
 import unittest
 
 import jupyter_kernel_test
@@ -28,6 +30,27 @@ def _warm_up(kc):
             and msg["content"]["execution_state"] == "idle"
         ):
             break
+    # rust-analyzer loads on the first request and answers within 0.18 s once it has seen
+    # a path; until then replies come from what the kernel knows. The samples below check
+    # rust-analyzer's answers, so each is asked until it has answered once.
+    def until(request, answered):
+        deadline = time.monotonic() + FIRST_CELL_TIMEOUT
+        while time.monotonic() < deadline:
+            msg_id = request()
+            while True:
+                reply = kc.get_shell_msg(timeout=FIRST_CELL_TIMEOUT)
+                if reply["parent_header"].get("msg_id") == msg_id:
+                    break
+            if answered(reply["content"]):
+                return
+            time.sleep(0.5)
+
+    until(
+        lambda: kc.complete("std::vec::Vec::with_capa"),
+        lambda c: c["metadata"].get("rustloop_source") == "rust-analyzer",
+    )
+    for code in ("std::vec::Vec", "String::new"):
+        until(lambda code=code: kc.inspect(code), lambda c: c["found"])
 
 
 class RustloopKernelTests(jupyter_kernel_test.KernelTests):

