@@ -157,4 +157,4 @@ def test_port_taken_is_one_clear_line_and_a_failure(tmp_path):
     line = lines[0]
     assert line.startswith("rustloop: "), line
     assert f"127.0.0.1:{port}" in line and "control" in line, line
-    assert "in use" in line, line
+    assert "already in use" in line, line
