@@ -42,9 +42,9 @@ pub fn kernels_dir(location: &Location) -> Result<PathBuf> {
             };
             data.join("kernels")
         }
-        Location::SysPrefix | Location::Prefix(_) => {
-            prefix(location)?.expect("a prefix").join("share/jupyter/kernels")
-        }
+        Location::SysPrefix | Location::Prefix(_) => prefix(location)?
+            .expect("a prefix")
+            .join("share/jupyter/kernels"),
     })
 }
 
@@ -88,7 +88,12 @@ pub fn write_kernelspec(
     if !env.is_empty() {
         let vars = env
             .iter()
-            .map(|(k, v)| ((*k).to_owned(), Value::from(v.to_string_lossy().into_owned())))
+            .map(|(k, v)| {
+                (
+                    (*k).to_owned(),
+                    Value::from(v.to_string_lossy().into_owned()),
+                )
+            })
             .collect();
         spec["env"] = Value::Object(vars);
     }

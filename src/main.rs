@@ -180,9 +180,7 @@ fn run_install(args: InstallArgs) -> Result<()> {
     let executable = std::env::current_exe().context("cannot locate this executable")?;
     // A system-wide install builds the shared cache every user's kernel starts from.
     let shared = match install::prefix(&location)? {
-        Some(prefix) if !args.no_prebuild => {
-            Some(engine::shared_cache::dir_for_prefix(&prefix))
-        }
+        Some(prefix) if !args.no_prebuild => Some(engine::shared_cache::dir_for_prefix(&prefix)),
         _ => None,
     };
     let env: Vec<(&str, &std::path::Path)> = shared

@@ -238,7 +238,7 @@ pub fn prepare(dir: &Path) -> Result<Slot> {
     cache::lock_dir(base.join("slot"), runtime_dir)
 }
 
-/// Resolves a cell's dependencies for this platform and copies every crates.io package into
+/// Resolves a cell's dependencies and copies every crates.io package into
 /// `<base>/src/`; returns (name, version, directory) of each.
 fn vendor(base: &Path, runtime_dir: &Path) -> Result<Vec<(String, String, PathBuf)>> {
     let scratch = base.join("resolve");
@@ -253,9 +253,10 @@ fn vendor(base: &Path, runtime_dir: &Path) -> Result<Vec<(String, String, PathBu
     }
     std::fs::write(scratch.join("Cargo.toml"), manifest)?;
     std::fs::write(scratch.join("lib.rs"), "")?;
-    let host = cache::toolchain()?.host;
+    // Every platform's packages (windows-sys is most of their 20 MB): resolving a cell's
+    // dependencies offline needs each of them, and users have no registry index of their own.
     let output = std::process::Command::new("cargo")
-        .args(["metadata", "--format-version", "1", "--filter-platform", &host])
+        .args(["metadata", "--format-version", "1"])
         .current_dir(&scratch)
         .output()
         .context("cannot run `cargo metadata`")?;
@@ -308,6 +309,16 @@ pub fn finish(dir: &Path) -> Result<PathBuf> {
     for name in [".evcxr-config", "src", ".rustloop-types.json", "fast-lane"] {
         let path = slot.join(name);
         let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+    }
+    // Incremental state is only read when cargo recompiles those crates, which it then does in
+    // a user's own slot; it would be most of the cache's size.
+    for profile in [
+        slot.join("target/debug"),
+        slot.join("target")
+            .join(cache::toolchain()?.host)
+            .join("debug"),
+    ] {
+        let _ = std::fs::remove_dir_all(profile.join("incremental"));
     }
     make_readable(&base)?;
     let manifest = json!({
