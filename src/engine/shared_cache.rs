@@ -101,8 +101,15 @@ fn find() -> std::result::Result<Option<Shared>, String> {
         std::fs::read_dir(base.join(needed))
             .map_err(|e| format!("cannot read {} ({e})", base.join(needed).display()))?;
     }
+    // A rebuilt cache (new patch set or toolchain) gets fresh user slots.
+    let patch = std::fs::read(base.join(".cargo/config.toml")).unwrap_or_default();
     use sha2::Digest;
-    let id = hex::encode(&sha2::Sha256::digest(text.as_bytes())[..4]);
+    let id = hex::encode(
+        &sha2::Sha256::new()
+            .chain_update(&text)
+            .chain_update(&patch)
+            .finalize()[..4],
+    );
     Ok(Some(Shared { base, id }))
 }
 

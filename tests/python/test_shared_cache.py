@@ -147,9 +147,8 @@ class UserKernel:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-FIRST_CELL = ("let t = tokio::spawn(async { 20 + 1 });\n"
-              "tokio::time::sleep(std::time::Duration::from_millis(50)).await;\n"
-              "t.await.unwrap() * 2")
+FIRST_CELL = ("tokio::time::sleep(std::time::Duration::from_millis(50)).await;\n"
+              "tokio::spawn(async { 20 + 1 }).await.unwrap() * 2")
 
 
 @pytest.mark.timeout(3600)
