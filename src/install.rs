@@ -1,5 +1,6 @@
 //! `rustloop install`: writes the kernelspec Jupyter uses to start rustloop, and pre-builds
-//! the compile cache so the first notebook starts fast.
+//! the compile cache so the first notebook starts fast (for `--sys-prefix`/`--prefix`, the
+//! installation's shared cache, named in the kernelspec's `env`).
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
@@ -41,8 +42,18 @@ pub fn kernels_dir(location: &Location) -> Result<PathBuf> {
             };
             data.join("kernels")
         }
-        Location::SysPrefix => python_prefix()?.join("share/jupyter/kernels"),
-        Location::Prefix(prefix) => prefix.join("share/jupyter/kernels"),
+        Location::SysPrefix | Location::Prefix(_) => prefix(location)?
+            .expect("a prefix")
+            .join("share/jupyter/kernels"),
+    })
+}
+
+/// The installation prefix of a `--sys-prefix` or `--prefix` install (`None` for `--user`).
+pub fn prefix(location: &Location) -> Result<Option<PathBuf>> {
+    Ok(match location {
+        Location::User => None,
+        Location::SysPrefix => Some(python_prefix()?),
+        Location::Prefix(prefix) => Some(prefix.clone()),
     })
 }
 
@@ -63,13 +74,29 @@ fn python_prefix() -> Result<PathBuf> {
     ))
 }
 
-/// Writes the kernelspec; returns its directory.
-pub fn write_kernelspec(location: &Location, executable: &Path) -> Result<PathBuf> {
+/// Writes the kernelspec (with `env` added to the kernel's environment); returns its directory.
+pub fn write_kernelspec(
+    location: &Location,
+    executable: &Path,
+    env: &[(&str, &Path)],
+) -> Result<PathBuf> {
     let dir = kernels_dir(location)?.join(KERNEL_NAME);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut spec: Value =
         serde_json::from_str(KERNEL_JSON).expect("kernelspec/kernel.json is JSON");
     spec["argv"][0] = Value::String(executable.to_string_lossy().into_owned());
+    if !env.is_empty() {
+        let vars = env
+            .iter()
+            .map(|(k, v)| {
+                (
+                    (*k).to_owned(),
+                    Value::from(v.to_string_lossy().into_owned()),
+                )
+            })
+            .collect();
+        spec["env"] = Value::Object(vars);
+    }
     std::fs::write(
         dir.join("kernel.json"),
         serde_json::to_string_pretty(&spec)? + "\n",
@@ -91,6 +118,7 @@ mod tests {
         let dir = write_kernelspec(
             &Location::Prefix(prefix.clone()),
             Path::new("/opt/rl/rustloop"),
+            &[("RUSTLOOP_SHARED_CACHE", Path::new("/opt/rl/cache"))],
         )
         .unwrap();
         assert_eq!(dir, prefix.join("share/jupyter/kernels/rustloop"));
@@ -107,6 +135,7 @@ mod tests {
             ])
         );
         assert_eq!(spec["display_name"], "Rust (rustloop)");
+        assert_eq!(spec["env"]["RUSTLOOP_SHARED_CACHE"], "/opt/rl/cache");
         assert_eq!(spec["language"], "rust");
         for (name, _) in FILES {
             assert!(dir.join(name).exists(), "{name}");

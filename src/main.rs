@@ -125,10 +125,15 @@ fn init_logging() {
         .init();
 }
 
-/// Locks a cache slot and points evcxr at it. Runs before any other thread exists, so setting
-/// the environment is sound.
+/// Locks a cache slot (seeded from the installation's shared cache if there is one) and
+/// points evcxr at it.
 fn prepare_engine() -> Result<engine::cache::Slot> {
-    let slot = engine::cache::acquire()?;
+    configure_engine(engine::shared_cache::acquire()?)
+}
+
+/// Points evcxr at a locked slot. Runs before any other thread exists, so setting the
+/// environment is sound.
+fn configure_engine(slot: engine::cache::Slot) -> Result<engine::cache::Slot> {
     // Our own evcxr.toml, so a user's global one cannot move the build directory or change
     // its flags, and so that evcxr's very first (probe) compile already uses our settings.
     let config_dir = slot.dir.join(".evcxr-config");
@@ -173,16 +178,41 @@ fn run_install(args: InstallArgs) -> Result<()> {
     };
     let _ = args.user; // the default
     let executable = std::env::current_exe().context("cannot locate this executable")?;
-    let dir = install::write_kernelspec(&location, &executable)?;
+    // A system-wide install builds the shared cache every user's kernel starts from.
+    let shared = match install::prefix(&location)? {
+        Some(prefix) if !args.no_prebuild => Some(engine::shared_cache::dir_for_prefix(&prefix)),
+        _ => None,
+    };
+    let env: Vec<(&str, &std::path::Path)> = shared
+        .iter()
+        .map(|dir| (engine::shared_cache::ENV, dir.as_path()))
+        .collect();
+    let dir = install::write_kernelspec(&location, &executable, &env)?;
     println!(
         "Installed kernelspec {} in {}",
         install::KERNEL_NAME,
         dir.display()
     );
-    if !args.no_prebuild {
+    if args.no_prebuild {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    if let Some(shared) = shared {
+        println!(
+            "Pre-building tokio and the rustloop runtime into the shared cache {} ...",
+            shared.display()
+        );
+        let slot = configure_engine(engine::shared_cache::prepare(&shared)?)?;
+        runtime()?.block_on(engine::prebuild(slot))?;
+        let base = engine::shared_cache::finish(&shared)?;
+        println!(
+            "Shared cache ready in {:.1} s: {} (every user's kernel starts from it).",
+            started.elapsed().as_secs_f64(),
+            base.display()
+        );
+    } else {
         println!("Pre-building tokio and the rustloop runtime (once per toolchain)...");
         let slot = prepare_engine()?;
-        let started = std::time::Instant::now();
         runtime()?.block_on(engine::prebuild(slot))?;
         println!("Cache ready in {:.1} s.", started.elapsed().as_secs_f64());
     }

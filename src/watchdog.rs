@@ -149,7 +149,7 @@ pub fn run_if_watchdog() {
         groups.push(first.pgrp);
     }
     watch(kernel, first.start, &mut groups);
-    let killed = kill_groups(&groups, first.session);
+    let killed = kill_groups(&groups, first.session, kernel);
     if killed > 0 {
         eprintln!("rustloop: the kernel ended; stopped {killed} process(es) it had started");
     }
@@ -209,7 +209,7 @@ fn watch(kernel: u32, start: u64, groups: &mut Vec<i32>) {
 
 /// SIGKILLs each of `groups` that still has a member in `session`; repeats briefly for
 /// processes that were being forked. Returns how many processes were signalled.
-fn kill_groups(groups: &[i32], session: i32) -> usize {
+fn kill_groups(groups: &[i32], session: i32, kernel: u32) -> usize {
     let me = std::process::id() as i32;
     let mut killed = 0;
     for _ in 0..10 {
@@ -225,7 +225,10 @@ fn kill_groups(groups: &[i32], session: i32) -> usize {
                     continue;
                 };
                 let Some(s) = stat(pid) else { continue };
+                // The kernel itself may still be exiting (its end of the pipe closes before it
+                // becomes a zombie); it is not one of the processes it left behind.
                 if pid as i32 != me
+                    && pid != kernel
                     && s.state != 'Z'
                     && s.state != 'X'
                     && s.session == session

@@ -6,9 +6,11 @@
 //! <key>/runtime/            the runtime crate's source, written from this binary
 //! <key>/slot-<n>/           an evcxr crate directory (Cargo.toml, src/, target/)
 //! <key>/slot-<n>.lock       flock held by the kernel using slot n
+//! <key>/shared-<id>/        slots seeded from the installation's shared cache
+//!                           (`shared_cache.rs`), same layout
 //! ```
-//! `<key>` combines rustloop's version and the rustc version, so a toolchain or rustloop update
-//! starts a fresh cache instead of reusing a stale one. Each running kernel holds an exclusive
+//! `<key>` combines rustloop's version and a hash of the runtime crate's sources, so a rustloop
+//! update starts a fresh cache instead of reusing a stale one (cargo notices a new rustc). Each running kernel holds an exclusive
 //! lock on one slot, so two kernels never build in the same directory; a new slot is seeded
 //! from a warm one. Cargo's own fingerprints make an interrupted (half-written) build safe to
 //! resume.
@@ -35,7 +37,7 @@ const RUNTIME_FILES: &[(&str, &str)] = &[
 ];
 
 /// Marks a slot whose dependencies have been built once.
-const WARM_MARKER: &str = ".rustloop-warm";
+pub const WARM_MARKER: &str = ".rustloop-warm";
 
 /// A locked cache slot, held for the life of the kernel.
 pub struct Slot {
@@ -125,23 +127,33 @@ pub fn toolchain() -> Result<Toolchain> {
     })
 }
 
-/// Locks a free slot (creating it if needed) and writes the runtime crate's sources.
-pub fn acquire() -> Result<Slot> {
+/// Locks a free slot of this user's own cache (creating it if needed) and writes the runtime
+/// crate's sources. A cold slot is seeded from a warm sibling.
+pub fn acquire_private() -> Result<Slot> {
     let base = root().join(key());
     std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
     let runtime_dir = base.join("runtime");
     write_runtime(&runtime_dir)?;
+    lock_slot(&base, runtime_dir, &|dir| {
+        seed_from_warm_slot(&base, dir);
+        Ok(())
+    })
+}
+
+/// Locks the first free `slot-<n>` under `base`; a slot that is not warm yet is first handed
+/// to `seed` (which may fill it, and may fail: then no slot is taken).
+pub fn lock_slot(
+    base: &Path,
+    runtime_dir: PathBuf,
+    seed: &dyn Fn(&Path) -> Result<()>,
+) -> Result<Slot> {
     for n in 0..64 {
-        let lock_path = base.join(format!("slot-{n}.lock"));
-        let lock = File::create(&lock_path)
-            .with_context(|| format!("creating {}", lock_path.display()))?;
-        // SAFETY: flock on a descriptor we own; released when the File closes (at exit).
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let Some(lock) = try_lock(&base.join(format!("slot-{n}.lock")))? else {
             continue;
-        }
+        };
         let dir = base.join(format!("slot-{n}"));
         if !dir.join(WARM_MARKER).exists() {
-            seed_from_warm_slot(&base, &dir);
+            seed(&dir)?;
         }
         std::fs::create_dir_all(&dir)?;
         return Ok(Slot {
@@ -153,9 +165,33 @@ pub fn acquire() -> Result<Slot> {
     bail!("all 64 cache slots under {} are in use", base.display())
 }
 
+/// Locks the one slot at `dir` (lock file `<dir>.lock`), for the installer's build.
+pub fn lock_dir(dir: PathBuf, runtime_dir: PathBuf) -> Result<Slot> {
+    let lock_path = dir.with_extension("lock");
+    let Some(lock) = try_lock(&lock_path)? else {
+        bail!("{} is in use by another process", dir.display());
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(Slot {
+        dir,
+        runtime_dir,
+        _lock: lock,
+    })
+}
+
+/// An exclusive lock on `path`, or `None` if another process holds it.
+fn try_lock(path: &Path) -> Result<Option<File>> {
+    let lock = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own; released when the File closes (at exit).
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Ok(None);
+    }
+    Ok(Some(lock))
+}
+
 /// Writes the runtime sources, touching files only when their content changed (cargo
 /// fingerprints path dependencies by modification time).
-fn write_runtime(dir: &Path) -> Result<()> {
+pub fn write_runtime(dir: &Path) -> Result<()> {
     for (name, text) in RUNTIME_FILES {
         let path = dir.join(name);
         if std::fs::read_to_string(&path).ok().as_deref() == Some(*text) {
@@ -198,6 +234,11 @@ pub const CELL_RUSTFLAGS: &str = "-Cprefer-dynamic --cfg tokio_unstable";
 
 /// The dependencies every cell has, as Cargo.toml `name = spec` pairs.
 pub fn cell_dependencies(slot: &Slot) -> [(String, String); 2] {
+    dependencies(&slot.runtime_dir)
+}
+
+/// The dependencies of a cell whose runtime crate's sources are in `runtime_dir`.
+pub fn dependencies(runtime_dir: &Path) -> [(String, String); 2] {
     [
         (
             "tokio".to_owned(),
@@ -207,7 +248,7 @@ pub fn cell_dependencies(slot: &Slot) -> [(String, String); 2] {
             "rustloop-runtime".to_owned(),
             format!(
                 "{{ path = {} }}",
-                Value::from(slot.runtime_dir.to_string_lossy().into_owned())
+                Value::from(runtime_dir.to_string_lossy().into_owned())
             ),
         ),
     ]

@@ -7,7 +7,8 @@
 //! - `evaluator` owns evcxr's `CommandContext` on its own thread, warms it up in the
 //!   background, and turns evcxr's results into outcomes;
 //! - `child` is the evaluation process evcxr starts (the same binary);
-//! - `link` is the socket between the two; `cache` the persistent build directory;
+//! - `link` is the socket between the two; `cache` the persistent build directory,
+//!   `shared_cache` the installation's read-only one that seeds it;
 //! - `errors` renders compile errors and crashes; `warnings` keeps the compiler warnings worth
 //!   showing (as cargo's rustc wrapper).
 
@@ -23,6 +24,7 @@ mod link;
 mod outcome;
 mod router;
 mod run;
+pub mod shared_cache;
 mod store;
 mod warm_up;
 mod warnings;

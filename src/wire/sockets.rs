@@ -12,7 +12,7 @@
 use super::connection::{Channel, ConnectionFile};
 use super::message::{Incoming, Outgoing, Signer};
 use super::replay::ReplayGuard;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -101,7 +101,7 @@ impl Sockets {
         iopub
             .bind(&endpoint)
             .await
-            .with_context(|| format!("cannot bind iopub to {endpoint}"))?;
+            .map_err(|e| bind_error(Channel::Iopub, &endpoint, e))?;
         let (iopub_tx, iopub_rx) = mpsc::unbounded_channel();
         tokio::spawn(serve_iopub(
             iopub,
@@ -114,7 +114,7 @@ impl Sockets {
         let endpoint = file.endpoint(Channel::Heartbeat);
         hb.bind(&endpoint)
             .await
-            .with_context(|| format!("cannot bind heartbeat to {endpoint}"))?;
+            .map_err(|e| bind_error(Channel::Heartbeat, &endpoint, e))?;
         tokio::spawn(serve_heartbeat(hb));
 
         Ok(Sockets {
@@ -133,6 +133,20 @@ impl Sockets {
     }
 }
 
+/// One line a launcher can act on: which channel, which address, and why (zeromq's own error
+/// repeats the operating system's message through its source chain).
+fn bind_error(channel: Channel, endpoint: &str, error: zeromq::ZmqError) -> anyhow::Error {
+    let name = format!("{channel:?}").to_ascii_lowercase();
+    let why = match &error {
+        zeromq::ZmqError::Network(io) if io.kind() == std::io::ErrorKind::AddrInUse => {
+            "the address is already in use (another process holds this port)".to_owned()
+        }
+        zeromq::ZmqError::Network(io) => io.to_string(),
+        other => other.to_string(),
+    };
+    anyhow::anyhow!("cannot bind {name} to {endpoint}: {why}")
+}
+
 async fn router(
     file: &ConnectionFile,
     channel: Channel,
@@ -144,7 +158,7 @@ async fn router(
     socket
         .bind(&endpoint)
         .await
-        .with_context(|| format!("cannot bind {channel:?} to {endpoint}"))?;
+        .map_err(|e| bind_error(channel, &endpoint, e))?;
     let (send, recv) = socket.split();
     let (tx, rx) = mpsc::channel(1024);
     tokio::spawn(serve_router(
