@@ -117,7 +117,7 @@ impl Engine {
             warnings_file,
             link: link.clone(),
             variables: Mutex::new(Variables::default()),
-            known: Mutex::new(Known::default()),
+            known: Mutex::new(Known::load(slot.dir.join(".rustloop-completions.json"))),
             analysis_seq: Default::default(),
         });
         let thread_inner = inner.clone();

@@ -5,12 +5,15 @@
 //! - identifiers of cells that ran (variables, functions, types the user defined);
 //! - Rust keywords and common macros;
 //! - rustloop's `:` commands;
-//! - after `path::`, the names rust-analyzer offered for that path earlier in the session;
+//! - after `path::`, the names rust-analyzer offered for that path before, in this session or
+//!   an earlier one on this cache slot (kept in the slot, so a new session knows
+//!   `tokio::time::` before rust-analyzer has loaded);
 //! - for inspection, the documentation rust-analyzer gave for the same path before.
 
 use super::super::Completions;
 use super::rank::rank;
 use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
 
 const KEYWORDS: &[&str] = &[
     "as",
@@ -101,9 +104,25 @@ pub struct Known {
     idents: BTreeSet<String>,
     paths: HashMap<String, Vec<String>>,
     docs: HashMap<String, (String, String)>,
+    /// Where the paths are kept between sessions.
+    file: Option<PathBuf>,
 }
 
 impl Known {
+    /// What earlier sessions learned, kept in `file` (which also receives what this one
+    /// learns).
+    pub fn load(file: PathBuf) -> Known {
+        let paths = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default();
+        Known {
+            paths,
+            file: Some(file),
+            ..Known::default()
+        }
+    }
+
     /// Learns the identifiers of a cell that ran.
     pub fn learn_cell(&mut self, code: &str) {
         for ident in identifiers(code) {
@@ -123,9 +142,20 @@ impl Known {
             return;
         }
         let known = self.paths.entry(qualifier.to_owned()).or_default();
+        let before = known.len();
         for name in names {
             if known.len() < MAX_NAMES_PER_PATH && !known.contains(name) {
                 known.push(name.clone());
+            }
+        }
+        if known.len() != before
+            && let Some(file) = &self.file
+            && let Ok(text) = serde_json::to_string(&self.paths)
+        {
+            // Written whole and renamed, so a reader never sees half a file.
+            let partial = file.with_extension("partial");
+            if std::fs::write(&partial, text).is_ok() {
+                let _ = std::fs::rename(&partial, file);
             }
         }
     }
@@ -264,5 +294,15 @@ mod tests {
         known.learn_docs("tokio::spawn(async {})", 12, &docs);
         assert_eq!(known.docs("let h = tokio::spawn", 20), Some(docs));
         assert_eq!(known.docs("spawn", 5), None);
+    }
+
+    #[test]
+    fn paths_are_kept_for_the_next_session() {
+        let file = std::env::temp_dir().join(format!("rustloop-known-{}.json", std::process::id()));
+        let mut known = Known::load(file.clone());
+        known.learn_path("tokio::time", &["sleep".into(), "interval".into()]);
+        let next = Known::load(file.clone());
+        assert_eq!(next.complete("tokio::time::sl", 15).matches, ["sleep"]);
+        std::fs::remove_file(file).unwrap();
     }
 }
