@@ -12,8 +12,6 @@
 //! this crate with it (`--cfg rustloop_capture`). Built any other way, task text is not
 //! captured and follows the running cell.
 
-use crate::json;
-
 /// The run a display or clear belongs to: the spawning run inside a task, the current run on
 /// the evaluation thread, nothing on other threads.
 pub(crate) fn origin() -> Option<u64> {
@@ -25,7 +23,8 @@ pub(crate) fn field() -> Option<(&'static str, String)> {
     origin().map(|run| ("run", run.to_string()))
 }
 
-#[cfg(rustloop_capture)]
+// Polls are only seen with tokio's task hooks (`tokio_unstable`, as rustloop builds cells).
+#[cfg(all(tokio_unstable, rustloop_capture))]
 mod capture {
     use std::cell::{Cell, RefCell};
     use std::sync::{Arc, Mutex};
@@ -67,16 +66,18 @@ mod capture {
     }
 }
 
-#[cfg(not(rustloop_capture))]
+#[cfg(all(tokio_unstable, not(rustloop_capture)))]
 mod capture {
     pub(crate) fn begin(_run: u64) {}
     pub(crate) fn end() {}
 }
 
+#[cfg(tokio_unstable)]
 pub(crate) use capture::{begin, end};
 
-#[cfg_attr(not(rustloop_capture), allow(dead_code))]
+#[cfg(all(tokio_unstable, rustloop_capture))]
 fn send_text(run: u64, bytes: &[u8]) {
+    use crate::json;
     crate::link::send(&json::object([
         ("t", json::string("stream")),
         ("run", run.to_string()),
