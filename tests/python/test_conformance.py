@@ -45,10 +45,11 @@ def _warm_up(kc):
                 return
             time.sleep(0.5)
 
-    until(
-        lambda: kc.complete("std::vec::Vec::with_capa"),
-        lambda c: c["metadata"].get("rustloop_source") == "rust-analyzer",
-    )
+    for sample in RustloopKernelTests.completion_samples:
+        until(
+            lambda text=sample["text"]: kc.complete(text),
+            lambda c: c["metadata"].get("rustloop_source") == "rust-analyzer",
+        )
     for code in ("std::vec::Vec", "String::new"):
         until(lambda code=code: kc.inspect(code), lambda c: c["found"])
 

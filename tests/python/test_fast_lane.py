@@ -53,6 +53,8 @@ def test_first_cells_run_during_warm_up_and_definitions_carry_over(logged):
         "}\n"
         'println!("start");\n'
         'eprintln!("to stderr");\n'
+        "let p = Point { x: double_later(5).await, y: 0 };\n"
+        "let d: Duration = Duration::from_millis(1);\n"
         "double_later(21).await"
     )
     first = time.monotonic() - t0
@@ -60,8 +62,12 @@ def test_first_cells_run_during_warm_up_and_definitions_carry_over(logged):
     assert stdout_of(outputs) == "start\n"
     assert stderr_of(outputs) == "to stderr\n"
     assert result_of(outputs) == "42"
+    # evcxr cannot be warm yet (it starts with the kernel and needs over a second): the first
+    # cell is the lane's, and so are its `let`s, kept in the variable store.
+    assert fast_cells(k) == ["[1]"], log_of(k)
 
-    # Still warming up: this one is on the lane too, and sees the first cell's definitions.
+    # This one may be the lane's or evcxr's (evcxr warms up in a second or two on a warm
+    # slot); either way it sees the first cell's definitions.
     content, outputs = k.execute(
         "tokio::spawn(async { tokio::time::sleep(Duration::from_millis(100)).await; "
         'println!("task done"); });\n'
@@ -70,23 +76,15 @@ def test_first_cells_run_during_warm_up_and_definitions_carry_over(logged):
     assert content["status"] == "ok", content
     assert result_of(outputs) == "Point { x: 2, y: 3 }"
     print(f"\nfirst cell {first:.2f}s; fast-lane cells: {fast_cells(k)}")
-    assert fast_cells(k) == ["[1]", "[2]"], log_of(k)
-
-    # A `let` runs on the lane too: the variable store keeps its values.
-    content, outputs = k.execute(
-        "let p = Point { x: double_later(5).await, y: 0 };\nlet d: Duration = Duration::from_millis(1);\n(p.x, d)"
-    )
-    assert content["status"] == "ok", content
-    assert result_of(outputs) == "(10, 1ms)"
-    assert fast_cells(k) == ["[1]", "[2]", "[3]"], log_of(k)
 
     # Once evcxr is warm it reads the lane's values of the lane's types (the definitions it
     # was handed are the same, so the layout is).
     wait_until_warm(k)
+    lane = fast_cells(k)
     content, outputs = k.execute("format!(\"{:?} {:?}\", p, d)")
     assert content["status"] == "ok", content
     assert result_of(outputs) == '"Point { x: 10, y: 0 } 1ms"'
-    assert fast_cells(k) == ["[1]", "[2]", "[3]"]
+    assert fast_cells(k) == lane, "the lane closed once evcxr was warm"
 
 
 def test_lane_cells_fail_interrupt_and_warn_like_any_cell(logged):
