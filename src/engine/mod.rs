@@ -8,6 +8,7 @@
 //!   background, and turns evcxr's results into outcomes;
 //! - `child` is the evaluation process evcxr starts (the same binary);
 //! - `link` is the socket between the two; `cache` the persistent build directory;
+//! - [`comms`] keeps the open comms and carries comm messages both ways;
 //! - `errors` renders compile errors and crashes; `warnings` keeps the compiler warnings worth
 //!   showing (as cargo's rustc wrapper).
 
@@ -15,6 +16,7 @@ mod analysis;
 pub mod cache;
 pub mod cell;
 mod child;
+pub mod comms;
 mod errors;
 mod evaluator;
 mod fast_lane;
@@ -66,6 +68,17 @@ pub enum Output {
     InputRequest {
         prompt: String,
         password: bool,
+    },
+    /// A comm message (`comm_open`, `comm_msg`, `comm_close`) from the evaluation process.
+    Comm {
+        msg_type: String,
+        /// `comm_id`, `data`, and `target_name` for `comm_open`.
+        content: Value,
+        /// The message's metadata (a widget's `comm_open` names the protocol version in it).
+        metadata: Value,
+        buffers: Vec<Vec<u8>>,
+        /// The token of the front end's comm message being handled when this was sent.
+        reply_to: Option<u64>,
     },
 }
 
