@@ -146,9 +146,11 @@ macro_rules! value_widget {
                 self
             }
 
+            /// The watch first: `model.set` wakes `interact`, which must read the new value.
             fn store(&self, value: $ty) {
-                self.model.set(vec![($key, FieldValue::to_value(&value))]);
+                let json = FieldValue::to_value(&value);
                 self.value.send_replace(value);
+                self.model.set(vec![($key, json)]);
             }
         }
     };
@@ -435,10 +437,10 @@ impl Dropdown {
     /// Selects the option at `index` (None: no selection); an index past the end selects none.
     pub fn set_index(&self, index: Option<usize>) {
         let index = index.filter(|&i| i < self.options.len());
-        self.model.set(vec![("index", index_value(index))]);
         self.index.send_replace(index);
         self.value
             .send_replace(index.map(|i| self.options[i].clone()));
+        self.model.set(vec![("index", index_value(index))]);
     }
 
     /// Selects the option labelled `label`; false if there is none.
