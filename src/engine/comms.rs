@@ -56,7 +56,7 @@ impl CommRegistry {
 
     /// Decides what a front end's comm message becomes; `runtime_connected` says whether the
     /// runtime's control connection is there to take it.
-    pub fn from_client(&self, message: ClientComm, runtime_connected: bool) -> ClientAction {
+    pub fn client_message(&self, message: ClientComm, runtime_connected: bool) -> ClientAction {
         let content = &message.content;
         let Some(comm_id) = content["comm_id"].as_str().map(str::to_owned) else {
             tracing::warn!(msg_type = %message.msg_type, "comm message without a comm_id ignored");
@@ -104,7 +104,7 @@ impl CommRegistry {
 
     /// A `{"t":"comm",...}` frame from the runtime, as the output to publish (None if
     /// malformed). Keeps the list of open comms up to date.
-    pub fn from_runtime(&self, message: &Value) -> Option<Output> {
+    pub fn runtime_message(&self, message: &Value) -> Option<Output> {
         let msg_type = message["msg_type"].as_str()?;
         let comm_id = message["comm_id"].as_str()?.to_owned();
         let mut content = Map::new();
@@ -120,9 +120,7 @@ impl CommRegistry {
             "comm_close" => {
                 // The runtime also closes comms the front end asked to close; only one
                 // comm_close goes out for a comm.
-                if self.open.lock().unwrap().remove(&comm_id).is_none() {
-                    return None;
-                }
+                self.open.lock().unwrap().remove(&comm_id)?;
             }
             other => {
                 tracing::warn!("unknown comm message kind from the runtime: {other}");
@@ -203,7 +201,7 @@ mod tests {
             "comm_open",
             json!({"comm_id": "c1", "target_name": "t", "data": {"x": 1}}),
         );
-        let ClientAction::Forward(line) = comms.from_client(open, true) else {
+        let ClientAction::Forward(line) = comms.client_message(open, true) else {
             panic!("not forwarded")
         };
         let sent: Value = serde_json::from_str(line.strip_prefix("comm ").unwrap()).unwrap();
@@ -215,25 +213,25 @@ mod tests {
         // Unknown comm ids are ignored, not fatal.
         let stray = client("comm_msg", json!({"comm_id": "nope", "data": {}}));
         assert!(matches!(
-            comms.from_client(stray, true),
+            comms.client_message(stray, true),
             ClientAction::Ignore
         ));
         let close = client("comm_close", json!({"comm_id": "c1", "data": {}}));
         assert!(matches!(
-            comms.from_client(close, true),
+            comms.client_message(close, true),
             ClientAction::Forward(_)
         ));
         assert!(comms.list(None).is_empty());
         // The runtime's own close of that comm is not sent again.
         let echoed = json!({"t": "comm", "msg_type": "comm_close", "comm_id": "c1"});
-        assert!(comms.from_runtime(&echoed).is_none());
+        assert!(comms.runtime_message(&echoed).is_none());
     }
 
     #[test]
     fn comm_open_without_runtime_is_answered_with_a_close() {
         let comms = CommRegistry::default();
         let open = client("comm_open", json!({"comm_id": "c2", "target_name": "t"}));
-        match comms.from_client(open, false) {
+        match comms.client_message(open, false) {
             ClientAction::Answer(Output::Comm {
                 msg_type, reply_to, ..
             }) => {
@@ -257,7 +255,7 @@ mod tests {
             metadata,
             buffers,
             ..
-        }) = comms.from_runtime(&open)
+        }) = comms.runtime_message(&open)
         else {
             panic!("no output")
         };

@@ -156,7 +156,7 @@ impl Router {
     /// A comm message from the front end: to the runtime, or answered here if it cannot go.
     pub fn comm_from_client(&self, message: ClientComm) {
         let connected = self.link.get().is_some_and(|l| l.control_connected());
-        match self.comms.from_client(message, connected) {
+        match self.comms.client_message(message, connected) {
             ClientAction::Forward(line) => self.command(line),
             ClientAction::Answer(output) => self.emit(output),
             ClientAction::Ignore => {}
@@ -406,7 +406,7 @@ impl Router {
                 }
             }
             "comm" => {
-                if let Some(output) = self.comms.from_runtime(&message) {
+                if let Some(output) = self.comms.runtime_message(&message) {
                     self.emit(output);
                 }
             }
