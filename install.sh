@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command from a fresh machine to JupyterLab on rustloop:
-#   builds rustloop (release), creates a Python environment with JupyterLab,
+#   builds rustloop (release), creates a Python environment with JupyterLab (and its widget
+#   manager, jupyterlab_widgets),
 #   installs the "Rust (rustloop)" kernelspec into it, pre-builds tokio and the
 #   runtime crate, and opens JupyterLab on notebooks/.
 # Options: --no-lab (install only, don't start JupyterLab). Extra args go to jupyter lab.
@@ -20,7 +21,9 @@ cargo build --release --locked
 
 echo "== Python environment with JupyterLab ($venv)"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check jupyterlab notebook
+# jupyterlab_widgets: the widget manager, so rustloop::widgets render in JupyterLab and
+# Notebook 7 with no extra step.
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check jupyterlab notebook jupyterlab_widgets
 
 echo "== Kernelspec and compile cache"
 cp "$CARGO_TARGET_DIR/release/rustloop" "$venv/bin/rustloop"

@@ -42,11 +42,11 @@ impl MimeBundle {
         self.data.iter().map(|(m, _)| m.as_str())
     }
 
-    fn data_json(&self) -> String {
+    pub(crate) fn data_json(&self) -> String {
         json::object(self.data.iter().map(|(m, v)| (m.as_str(), v.clone())))
     }
 
-    fn metadata_json(&self) -> String {
+    pub(crate) fn metadata_json(&self) -> String {
         json::object(self.metadata.iter().map(|(m, v)| (m.as_str(), v.clone())))
     }
 }

@@ -11,7 +11,9 @@
 //!   [`Svg`], [`Png`], [`Jpeg`], [`Json`], [`Markdown`], [`Latex`], [`Text`], [`MimeBundle`];
 //! - [`ProgressBar`], a bar that redraws in place;
 //! - [`input`] and [`input_password`];
-//! - [`handle`] to reach the runtime from plain threads, and `:tasks` to list live tasks.
+//! - [`handle`] to reach the runtime from plain threads, and `:tasks` to list live tasks;
+//! - [`widgets`] (sliders, buttons, text, an output area, ... over Jupyter's widget protocol)
+//!   and the [`comm`] channels they are built on.
 //!
 //! Everything the runtime sends to the kernel travels through the process's stdout as framed
 //! messages, so it stays in order with `println!` output.
@@ -21,11 +23,13 @@
 #![cfg_attr(rustloop_capture, feature(internal_output_capture))]
 #![cfg_attr(rustloop_capture, allow(internal_features))]
 
+pub mod comm;
 mod display;
 mod json;
 mod link;
 mod origin;
 mod tasks;
+pub mod widgets;
 
 #[doc(hidden)]
 #[path = "store.rs"]
@@ -56,6 +60,7 @@ fn runtime() -> &'static tokio::runtime::Runtime {
         let rt = builder
             .build()
             .expect("rustloop: cannot start the tokio runtime");
+        comm::register_target("jupyter.widget.control", widgets::open_control);
         link::start();
         install_panic_hook();
         rt

@@ -3,7 +3,8 @@
 //!
 //! Frame format on stdout: `\0RLP\0<decimal length>\n<JSON>\n`; the evaluation process's output
 //! pump recognises the marker anywhere in the byte stream. Control lines from the kernel:
-//! `interrupt <run>`, `input_ok <hex>`, `input_err <hex>`, `label <run> <hex>`, `tasks`.
+//! `interrupt <run>`, `input_ok <hex>`, `input_err <hex>`, `label <run> <hex>`, `tasks`,
+//! `comm <json>` (a front end's comm message, see `comm`).
 //!
 //! Both directions respect the kernel's frame limit (`RUSTLOOP_MAX_FRAME_SIZE`, 256 MiB by
 //! default): a message over it is not sent (the cell gets a line on stderr instead), and a
@@ -140,6 +141,7 @@ fn serve(stream: UnixStream) {
                     crate::tasks::set_label(run, label);
                 }
             }
+            "comm" => crate::comm::dispatch(argument),
             "tasks" => {
                 let tasks: Vec<String> = crate::tasks::live().iter().map(|t| t.to_json()).collect();
                 send(&json::object([

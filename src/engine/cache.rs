@@ -29,11 +29,35 @@ const RUNTIME_FILES: &[(&str, &str)] = &[
         "src/display.rs",
         include_str!("../../runtime/src/display.rs"),
     ),
-    ("src/json.rs", include_str!("../../runtime/src/json.rs")),
+    (
+        "src/json/mod.rs",
+        include_str!("../../runtime/src/json/mod.rs"),
+    ),
+    (
+        "src/json/value.rs",
+        include_str!("../../runtime/src/json/value.rs"),
+    ),
     ("src/link.rs", include_str!("../../runtime/src/link.rs")),
     ("src/origin.rs", include_str!("../../runtime/src/origin.rs")),
     ("src/tasks.rs", include_str!("../../runtime/src/tasks.rs")),
     ("src/store.rs", include_str!("../../runtime/src/store.rs")),
+    ("src/comm.rs", include_str!("../../runtime/src/comm.rs")),
+    (
+        "src/widgets/mod.rs",
+        include_str!("../../runtime/src/widgets/mod.rs"),
+    ),
+    (
+        "src/widgets/model.rs",
+        include_str!("../../runtime/src/widgets/model.rs"),
+    ),
+    (
+        "src/widgets/controls.rs",
+        include_str!("../../runtime/src/widgets/controls.rs"),
+    ),
+    (
+        "src/widgets/containers.rs",
+        include_str!("../../runtime/src/widgets/containers.rs"),
+    ),
 ];
 
 /// Marks a slot whose dependencies have been built once.

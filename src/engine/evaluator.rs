@@ -331,6 +331,16 @@ impl Engine {
         }
     }
 
+    /// A comm message from the front end (handled at once, even while a cell runs).
+    pub fn comm(&self, message: super::comms::ClientComm) {
+        self.inner.router.comm_from_client(message);
+    }
+
+    /// The open comms as `(comm_id, target_name)`, only those of `target` if given.
+    pub fn open_comms(&self, target: Option<&str>) -> Vec<(String, String)> {
+        self.inner.router.comms.list(target)
+    }
+
     /// Stops the evaluation process (at kernel shutdown).
     pub fn shutdown(&self) {
         if let Some(child) = self.inner.child.lock().unwrap().as_ref() {

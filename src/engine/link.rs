@@ -82,11 +82,15 @@ pub struct Link {
     newest: Arc<Mutex<Newest>>,
 }
 
+type Control = Arc<tokio::sync::Mutex<Option<tokio::net::unix::OwnedWriteHalf>>>;
+
 /// The newest evaluation process and its fast-lane connection.
 #[derive(Default)]
 struct Newest {
     pid: u32,
     fast: Option<std::os::unix::net::UnixStream>,
+    /// The runtime of this process has connected its control connection.
+    control: bool,
 }
 
 struct TempDirGuard(PathBuf);
@@ -161,6 +165,12 @@ impl Link {
         result
     }
 
+    /// Whether the runtime of the newest evaluation process has connected (so a control line
+    /// reaches it).
+    pub fn control_connected(&self) -> bool {
+        self.newest.lock().unwrap().control
+    }
+
     /// Sends a command line to the runtime crate in the evaluation process. Silently does
     /// nothing if the runtime has not connected yet (no cell has run: nothing to command).
     pub async fn command(&self, mut line: String) {
@@ -169,6 +179,7 @@ impl Link {
             line.push('\n');
             if writer.write_all(line.as_bytes()).await.is_err() {
                 *guard = None;
+                self.newest.lock().unwrap().control = false;
             }
         }
     }
@@ -177,7 +188,7 @@ impl Link {
 async fn accept_loop(
     listener: UnixListener,
     sink: Sink,
-    control: Arc<tokio::sync::Mutex<Option<tokio::net::unix::OwnedWriteHalf>>>,
+    control: Control,
     newest: Arc<Mutex<Newest>>,
 ) {
     // The newest evaluation process wins; a restarted evaluator connects afresh.
@@ -198,13 +209,20 @@ async fn accept_loop(
             }
             let pid: u32 = hello.get(1..).unwrap_or("").trim().parse().unwrap_or(0);
             if hello.starts_with(HELLO_DATA) {
-                *newest.lock().unwrap() = Newest { pid, fast: None };
+                // The previous process's runtime is gone with it (cleared first: this
+                // process's control connection is only taken once `newest` names it).
+                *control.lock().await = None;
+                *newest.lock().unwrap() = Newest {
+                    pid,
+                    ..Newest::default()
+                };
                 // The evaluation process leads its own process group: it must die with us.
                 crate::watchdog::adopt_group(pid);
                 tracing::debug!(pid, "evaluation process connected");
                 serve_data(read, write, sink, crate::limits::get().frame).await;
             } else if hello.starts_with(HELLO_CONTROL) && newest.lock().unwrap().pid == pid {
                 *control.lock().await = Some(write);
+                newest.lock().unwrap().control = true;
             } else if hello.starts_with(HELLO_FAST) {
                 // Blocking writes from the fast lane's thread; the process never writes back.
                 let stream = read

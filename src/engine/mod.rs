@@ -9,13 +9,16 @@
 //! - `child` is the evaluation process evcxr starts (the same binary);
 //! - `link` is the socket between the two; `cache` the persistent build directory,
 //!   `shared_cache` the installation's read-only one that seeds it;
-//! - `errors` renders compile errors and crashes; `warnings` keeps the compiler warnings worth
-//!   showing (as cargo's rustc wrapper).
+//! - [`comms`] keeps the open comms and carries comm messages both ways;
+//! - `wrapper` compiles cells (as cargo's rustc wrapper, or directly when only the cell's
+//!   source changed); `errors` renders compile errors and crashes; `warnings` keeps the
+//!   compiler warnings worth showing.
 
 mod analysis;
 pub mod cache;
 pub mod cell;
 mod child;
+pub mod comms;
 mod errors;
 mod evaluator;
 mod fast_lane;
@@ -69,6 +72,17 @@ pub enum Output {
     InputRequest {
         prompt: String,
         password: bool,
+    },
+    /// A comm message (`comm_open`, `comm_msg`, `comm_close`) from the evaluation process.
+    Comm {
+        msg_type: String,
+        /// `comm_id`, `data`, and `target_name` for `comm_open`.
+        content: Value,
+        /// The message's metadata (a widget's `comm_open` names the protocol version in it).
+        metadata: Value,
+        buffers: Vec<Vec<u8>>,
+        /// The token of the front end's comm message being handled when this was sent.
+        reply_to: Option<u64>,
     },
 }
 

@@ -2,6 +2,7 @@
 //! evaluator needs to judge a cell (a panic, an interrupt, a crash, the final value) is kept in
 //! [`CellState`] until the cell ends.
 
+use super::comms::{ClientAction, ClientComm, CommRegistry};
 use super::link::{Link, LinkEvent};
 use super::{EventSink, ExecId, Output};
 use serde_json::{Map, Value};
@@ -102,11 +103,16 @@ pub struct Router {
     warnings_file: std::path::PathBuf,
     tasks_reply: Mutex<Option<std::sync::mpsc::Sender<Value>>>,
     carry: Mutex<[Vec<u8>; 2]>,
+    /// Control lines, written in order by one task once the link is set.
+    commands: tokio::sync::mpsc::UnboundedSender<String>,
+    pending_commands: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
+    pub comms: CommRegistry,
 }
 
 impl Router {
     /// Must be called inside the kernel's tokio runtime.
     pub fn new(sink: EventSink, warnings_file: std::path::PathBuf) -> Arc<Router> {
+        let (commands, pending) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Router {
             sink,
             warming: std::sync::atomic::AtomicBool::new(true),
@@ -120,11 +126,21 @@ impl Router {
             warnings_file,
             tasks_reply: Mutex::new(None),
             carry: Mutex::new([Vec::new(), Vec::new()]),
+            commands,
+            pending_commands: Mutex::new(Some(pending)),
+            comms: CommRegistry::default(),
         })
     }
 
     pub fn set_link(&self, link: Arc<Link>) {
-        let _ = self.link.set(link);
+        let _ = self.link.set(link.clone());
+        if let Some(mut lines) = self.pending_commands.lock().unwrap().take() {
+            self.rt.spawn(async move {
+                while let Some(line) = lines.recv().await {
+                    link.command(line).await;
+                }
+            });
+        }
     }
 
     pub fn sink(&self) -> &EventSink {
@@ -135,11 +151,19 @@ impl Router {
         (self.sink)(super::Event::Output(output));
     }
 
-    /// Sends a line to the runtime's control connection (from any thread).
+    /// Sends a line to the runtime's control connection (from any thread). Lines are written
+    /// in the order of these calls (comm messages depend on it).
     pub fn command(&self, line: String) {
-        if let Some(link) = self.link.get() {
-            let link = link.clone();
-            self.rt.spawn(async move { link.command(line).await });
+        let _ = self.commands.send(line);
+    }
+
+    /// A comm message from the front end: to the runtime, or answered here if it cannot go.
+    pub fn comm_from_client(&self, message: ClientComm) {
+        let connected = self.link.get().is_some_and(|l| l.control_connected());
+        match self.comms.client_message(message, connected) {
+            ClientAction::Forward(line) => self.command(line),
+            ClientAction::Answer(output) => self.emit(output),
+            ClientAction::Ignore => {}
         }
     }
 
@@ -218,6 +242,9 @@ impl Router {
             }
             LinkEvent::Closed => {
                 self.flush_carry();
+                for close in self.comms.close_all() {
+                    self.emit(close);
+                }
                 if let Some(waiter) = self.fast_waiter.lock().unwrap().take() {
                     let _ = waiter.send(FastEnd::Died);
                 }
@@ -450,6 +477,11 @@ impl Router {
                 };
                 if let Some(waiter) = self.fast_waiter.lock().unwrap().take() {
                     let _ = waiter.send(FastEnd::Ran(result));
+                }
+            }
+            "comm" => {
+                if let Some(output) = self.comms.runtime_message(&message) {
+                    self.emit(output);
                 }
             }
             "interrupted" => self.state.lock().unwrap().interrupted_at_await = true,

@@ -116,6 +116,14 @@ pub fn warm_up(
     state.set_offline_mode(false);
     eval.eval_with_state("", state)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // evcxr rewrites the crate's `.cargo/config.toml` (its `[net] offline`) only at its next
+    // compile, and validates a `:dep` with `cargo metadata` before that: a first `:dep` of a
+    // crate not downloaded yet would fail offline.
+    let config = slot.dir.join(".cargo").join("config.toml");
+    if config.exists() {
+        std::fs::write(&config, "\n[net]\noffline = false\n")
+            .with_context(|| format!("writing {}", config.display()))?;
+    }
     Ok(CommandContext::with_eval_context(eval))
 }
 

@@ -3,11 +3,14 @@
 //! - [`Kernel::run`] binds the sockets, starts the engine and serves three queues: shell
 //!   (strictly in order, like ipykernel), control (interrupt, shutdown, kernel_info; served
 //!   while a cell runs) and stdin (input replies).
+//! - [`comms`] serves comm messages from the front end beside the shell queue (at once, even
+//!   while a cell runs).
 //! - [`publisher`] owns iopub output attribution and stream batching.
 //! - [`history`] keeps this session's inputs for `history_request`.
 //!
 //! It knows nothing about evcxr: it sees the engine only through `crate::engine::Engine`.
 
+mod comms;
 mod history;
 pub mod publisher;
 
@@ -58,7 +61,9 @@ pub async fn run(connection: ConnectionFile, slot: engine::cache::Slot) -> Resul
         }),
         slot,
     )?;
-    tokio::spawn(Publisher::new(sender.clone()).run(publisher_rx));
+    let comm_parents = Arc::new(comms::CommParents::default());
+    tokio::spawn(Publisher::new(sender.clone(), comm_parents.clone()).run(publisher_rx));
+    let shell = comms::split_shell(shell, sender.clone(), engine.clone(), comm_parents);
     publish_status_raw(&sender, None, "starting");
 
     tokio::spawn(serve_stdin(stdin, engine.clone()));
@@ -131,6 +136,9 @@ pub fn kernel_info() -> Value {
             {"text": "tokio", "url": "https://docs.rs/tokio/latest/tokio/"},
         ],
         "debugger": false,
+        // JEP 92: the optional features (the debugger, kernel subshells); rustloop has none of
+        // them. Comms are part of the core protocol and need no entry.
+        "supported_features": [],
     })
 }
 
@@ -257,24 +265,6 @@ impl Kernel {
                 let reply = self.history.reply(content);
                 self.reply(request, "history_reply", reply).await;
             }
-            "comm_info_request" => {
-                self.reply(
-                    request,
-                    "comm_info_reply",
-                    json!({"status": "ok", "comms": {}}),
-                )
-                .await
-            }
-            "comm_open" => {
-                // No comm targets are registered: close it politely, as the spec asks.
-                let comm_id = content["comm_id"].clone();
-                self.sender.publish(Outgoing::child_of(
-                    request,
-                    "comm_close",
-                    json!({"comm_id": comm_id, "data": {}}),
-                ));
-            }
-            "comm_msg" | "comm_close" => {}
             "shutdown_request" => {
                 // Deprecated on shell, still honoured.
                 shutdown(&self.sender, &self.engine, request, Channel::Shell).await;

@@ -46,6 +46,8 @@ const RECENT_CELLS: usize = 1024;
 
 pub struct Publisher {
     sender: crate::wire::sockets::Sender,
+    /// Front-end comm requests that runtime comm messages answer.
+    comm_parents: Arc<super::comms::CommParents>,
     current: Option<CellContext>,
     /// Where background output goes when no cell runs.
     last: Option<Arc<Incoming>>,
@@ -55,9 +57,13 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn new(sender: crate::wire::sockets::Sender) -> Self {
+    pub fn new(
+        sender: crate::wire::sockets::Sender,
+        comm_parents: Arc<super::comms::CommParents>,
+    ) -> Self {
         Publisher {
             sender,
+            comm_parents,
             current: None,
             last: None,
             recent: Default::default(),
@@ -148,6 +154,20 @@ impl Publisher {
     }
 
     async fn output(&mut self, output: Output, target: Option<(Arc<Incoming>, bool)>) {
+        if let Output::Comm {
+            msg_type,
+            content,
+            metadata,
+            buffers,
+            reply_to,
+        } = output
+        {
+            let mut message = Outgoing::new(&msg_type, content);
+            message.metadata = metadata;
+            message.buffers = buffers.into_iter().map(bytes::Bytes::from).collect();
+            self.comm(message, reply_to);
+            return;
+        }
         let Some((parent, visible)) = target else {
             if let Output::InputRequest { .. } = output {
                 tracing::warn!("input request with no cell to attribute it to");
@@ -183,7 +203,7 @@ impl Publisher {
         }
         self.flush();
         match output {
-            Output::Stream { .. } => unreachable!("handled above"),
+            Output::Stream { .. } | Output::Comm { .. } => unreachable!("handled above"),
             Output::Display {
                 data,
                 metadata,
@@ -239,6 +259,19 @@ impl Publisher {
                 self.sender.reply(Channel::Stdin, request).await;
             }
         }
+    }
+
+    /// A comm message goes out even from a silent cell (the front end's model depends on it),
+    /// under the comm request it answers, else like any output.
+    fn comm(&mut self, mut message: Outgoing, reply_to: Option<u64>) {
+        self.flush();
+        let parent = reply_to
+            .and_then(|token| self.comm_parents.get(token))
+            .or_else(|| self.target().map(|(parent, _)| parent));
+        if let Some(parent) = parent {
+            message.parent = Some(parent.raw_header.clone());
+        }
+        self.sender.publish(message);
     }
 
     fn flush(&mut self) {

@@ -113,6 +113,8 @@ pub struct Incoming {
     /// The signature frame as received ("" when the connection is unsigned), for replay
     /// detection.
     pub signature: Bytes,
+    /// Binary buffers after the content frame (comm messages of widgets carry them).
+    pub buffers: Vec<Bytes>,
 }
 
 impl Incoming {
@@ -146,6 +148,7 @@ impl Incoming {
             raw_header: header.clone(),
             content,
             signature: signature.clone(),
+            buffers: rest[5..].to_vec(),
         })
     }
 
@@ -249,6 +252,7 @@ mod tests {
         assert_eq!(decoded.identities, vec![Bytes::from_static(b"client-7")]);
         assert_eq!(decoded.msg_type(), "execute_request");
         assert_eq!(decoded.content["code"], "1 + 1");
+        assert_eq!(decoded.buffers, vec![Bytes::from_static(b"\x00\x01binary")]);
         let header: Value = serde_json::from_slice(&decoded.raw_header).unwrap();
         assert_eq!(header["session"], "session-1");
         assert_eq!(header["msg_id"], decoded.header.msg_id.as_str());

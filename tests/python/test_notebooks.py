@@ -160,7 +160,7 @@ def notebook(name):
 
 def test_there_are_notebooks():
     names = {p.name for p in NOTEBOOKS}
-    assert {"coroutines_and_tasks.ipynb", "rich_output.ipynb"} <= names
+    assert {"coroutines_and_tasks.ipynb", "rich_output.ipynb", "widgets.ipynb"} <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
@@ -222,6 +222,10 @@ def test_nbconvert_execute_subprocess(path, tmp_path):
     result = nbformat.read(out, as_version=4)
     errors = error_outputs(result)
     assert not errors, describe_errors(errors)
+    if path.name == "widgets.ipynb":
+        # nbconvert keeps the widgets: their state is saved in the notebook's metadata
+        state = result.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]
+        assert state["version_major"] == 2 and len(state["state"]) > 20
 
 
 # ------------------------------------------------------------------ coroutines_and_tasks
@@ -429,3 +433,51 @@ def test_rich_clear_output(rich):
     out = stream(cell)
     assert "then cleared" not in out
     assert "animation finished" in out
+
+
+# ------------------------------------------------------------------ widgets
+
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+@pytest.fixture(scope="module")
+def widgets_nb():
+    return notebook("widgets.ipynb")
+
+
+def saved_widgets(nb):
+    """The widget models nbclient saved in the notebook metadata, by model id."""
+    return nb.metadata["widgets"][WIDGET_STATE]["state"]
+
+
+def test_widgets_notebook_saves_widget_state(widgets_nb):
+    """nbclient records every widget's comm_open and updates in the notebook metadata, so the
+    saved notebook shows the widgets (with their final values) without a kernel."""
+    models = saved_widgets(widgets_nb)
+    names = [m["model_name"] for m in models.values()]
+    for name in ("IntSliderModel", "ButtonModel", "LabelModel", "OutputModel", "VBoxModel",
+                 "HBoxModel", "IntProgressModel", "HTMLModel", "LayoutModel"):
+        assert name in names, f"{name} not saved; saved {sorted(set(names))}"
+    # every displayed view refers to a saved model
+    views = all_data(widgets_nb, WIDGET_VIEW)
+    assert len(views) == 3, views
+    assert all(v["model_id"] in models for v in views)
+    progress = [m["state"] for m in models.values() if m["model_name"] == "IntProgressModel"]
+    assert progress[0]["value"] == 12 and progress[0]["bar_style"] == "success"
+
+
+def test_widgets_dashboard_task_was_steered_and_stopped(widgets_nb):
+    out = stream(cell_with(widgets_nb, "stop.click();"))
+    assert re.fullmatch(r"stopped after \d+ ticks\n", out), out
+    models = saved_widgets(widgets_nb).values()
+    chart = [m["state"] for m in models if m["model_name"] == "OutputModel"][0]
+    (shown,) = chart["outputs"]
+    assert "<polyline" in shown["data"]["image/svg+xml"]
+    labels = [m["state"]["value"] for m in models if m["model_name"] == "LabelModel"]
+    assert out.strip() in labels
+
+
+def test_widgets_downloads_and_interact(widgets_nb):
+    assert stream(cell_with(widgets_nb, "downloads.join_next()")) == "78000 bytes in 12 files\n"
+    assert stream(cell_with(widgets_nb, "b.set_value(9);")) == "<b>3 + 9 = 12</b>\n"

@@ -1,5 +1,10 @@
 //! Just enough JSON to talk to the kernel, so the runtime needs no serde (a `:dep serde` with
-//! other features would otherwise rebuild the shared runtime library).
+//! other features would otherwise rebuild the shared runtime library): writing values here,
+//! reading them (comm messages from the front end) in [`value`].
+
+mod value;
+
+pub use value::{Value, parse};
 
 /// `s` as a quoted JSON string.
 pub fn string(s: &str) -> String {
@@ -39,16 +44,25 @@ pub fn opt_string(s: Option<&str>) -> String {
     s.map(string).unwrap_or_else(|| "null".to_owned())
 }
 
-/// Decodes the lowercase hex the kernel uses for free text on the control connection.
-pub fn unhex(s: &str) -> Option<String> {
+/// Lowercase hex, as the kernel expects binary buffers on the link.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Decodes hex into bytes.
+pub fn unhex_bytes(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }
-    let bytes: Option<Vec<u8>> = (0..s.len())
+    (0..s.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect();
-    String::from_utf8(bytes?).ok()
+        .collect()
+}
+
+/// Decodes the lowercase hex the kernel uses for free text on the control connection.
+pub fn unhex(s: &str) -> Option<String> {
+    String::from_utf8(unhex_bytes(s)?).ok()
 }
 
 #[cfg(test)]
@@ -64,5 +78,7 @@ mod tests {
         );
         assert_eq!(unhex("68c3a9").as_deref(), Some("hé"));
         assert_eq!(unhex("6"), None);
+        assert_eq!(hex(&[0, 1, 255]), "0001ff");
+        assert_eq!(unhex_bytes("0001ff"), Some(vec![0, 1, 255]));
     }
 }

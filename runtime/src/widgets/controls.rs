@@ -1,0 +1,548 @@
+//! The controls: sliders, progress bar, checkbox, text, labels, dropdown and button. Their
+//! states follow ipywidgets 8 (`@jupyter-widgets/controls` 2.0.0) key for key, each with its
+//! `LayoutModel` and style model.
+
+use super::model::{Model, Spec};
+use crate::comm::Value;
+use std::sync::Arc;
+use tokio::sync::{broadcast, watch};
+
+/// A value that a widget state field holds.
+pub trait FieldValue: Clone + Send + Sync + 'static {
+    fn to_value(&self) -> Value;
+    fn from_value(value: &Value) -> Option<Self>;
+}
+
+impl FieldValue for i64 {
+    fn to_value(&self) -> Value {
+        Value::from(*self)
+    }
+    fn from_value(value: &Value) -> Option<i64> {
+        value.as_i64()
+    }
+}
+
+impl FieldValue for f64 {
+    fn to_value(&self) -> Value {
+        Value::from(*self)
+    }
+    fn from_value(value: &Value) -> Option<f64> {
+        value.as_f64()
+    }
+}
+
+impl FieldValue for bool {
+    fn to_value(&self) -> Value {
+        Value::from(*self)
+    }
+    fn from_value(value: &Value) -> Option<bool> {
+        value.as_bool()
+    }
+}
+
+impl FieldValue for String {
+    fn to_value(&self) -> Value {
+        Value::from(self.as_str())
+    }
+    fn from_value(value: &Value) -> Option<String> {
+        value.as_str().map(str::to_owned)
+    }
+}
+
+/// A style model with these fields set to null (and `description_width` to "" if asked).
+fn style(model: &'static str, nulls: &[&'static str], description_width: bool) -> Model {
+    let mut fields: Vec<(&str, Value)> = nulls.iter().map(|k| (*k, Value::Null)).collect();
+    fields.push(("_view_count", Value::Null));
+    if description_width {
+        fields.push(("description_width", Value::from("")));
+    }
+    Model::open(Spec::style(model), fields, Vec::new())
+}
+
+/// Fields every DOM widget has, plus its layout (and style, if any) references.
+fn common(layout: &Model, style: Option<&Model>) -> Vec<(&'static str, Value)> {
+    let mut fields = vec![
+        ("_dom_classes", Value::Array(Vec::new())),
+        ("_view_count", Value::Null),
+        ("tabbable", Value::Null),
+        ("tooltip", Value::Null),
+        ("layout", layout.reference()),
+    ];
+    if let Some(style) = style {
+        fields.push(("style", style.reference()));
+    }
+    fields
+}
+
+/// Fields of widgets with a description label.
+fn described(description: &str) -> Vec<(&'static str, Value)> {
+    vec![
+        ("description", Value::from(description)),
+        ("description_allow_html", Value::from(false)),
+    ]
+}
+
+/// Opens a widget whose `key` field is mirrored in a watch channel.
+fn open_watched<T: FieldValue>(
+    spec: Spec,
+    style: Option<Model>,
+    key: &'static str,
+    initial: T,
+    mut fields: Vec<(&'static str, Value)>,
+) -> (Model, Arc<watch::Sender<T>>) {
+    let layout = Model::layout();
+    fields.extend(common(&layout, style.as_ref()));
+    fields.push((key, initial.to_value()));
+    let parts = std::iter::once(layout).chain(style).collect();
+    let model = Model::open(spec, fields, parts);
+    let sender = Arc::new(watch::Sender::new(initial));
+    let from_front_end = sender.clone();
+    model.on_update(move |changed| {
+        if let Some(value) = changed
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| T::from_value(v))
+        {
+            from_front_end.send_replace(value);
+        }
+    });
+    (model, sender)
+}
+
+macro_rules! value_widget {
+    ($(#[$doc:meta])* $name:ident, $ty:ty, $key:literal) => {
+        $(#[$doc])*
+        #[derive(Clone)]
+        pub struct $name {
+            model: Model,
+            value: Arc<watch::Sender<$ty>>,
+        }
+
+        impl $name {
+            /// The current value (the front end's latest, or the last one set here).
+            pub fn value(&self) -> $ty {
+                self.value.borrow().clone()
+            }
+
+            /// Wakes on every change of the value, from the front end or from code.
+            pub fn watch(&self) -> watch::Receiver<$ty> {
+                self.value.subscribe()
+            }
+
+            /// Sets the description shown beside the control.
+            pub fn description(self, text: &str) -> Self {
+                self.set_description(text);
+                self
+            }
+
+            pub fn set_description(&self, text: &str) {
+                self.model.set(vec![("description", Value::from(text))]);
+            }
+
+            /// Enables or disables user changes.
+            pub fn disabled(self, disabled: bool) -> Self {
+                self.model.set(vec![("disabled", Value::from(disabled))]);
+                self
+            }
+
+            /// The watch first: `model.set` wakes `interact`, which must read the new value.
+            fn store(&self, value: $ty) {
+                let json = FieldValue::to_value(&value);
+                self.value.send_replace(value);
+                self.model.set(vec![($key, json)]);
+            }
+        }
+    };
+}
+
+macro_rules! slider {
+    ($(#[$doc:meta])* $name:ident, $model:literal, $view:literal, $ty:ty, $step:expr, $format:literal) => {
+        value_widget!($(#[$doc])* $name, $ty, "value");
+        displayable!($name, |w| format!("{}(value={})", stringify!($name), w.value()));
+
+        impl $name {
+            /// A slider at `value` between `min` and `max`.
+            pub fn new(value: $ty, min: $ty, max: $ty) -> Self {
+                let mut fields = described("");
+                fields.extend([
+                    ("behavior", Value::from("drag-tap")),
+                    ("continuous_update", Value::from(true)),
+                    ("disabled", Value::from(false)),
+                    ("max", max.to_value()),
+                    ("min", min.to_value()),
+                    ("orientation", Value::from("horizontal")),
+                    ("readout", Value::from(true)),
+                    ("readout_format", Value::from($format)),
+                    ("step", ($step).to_value()),
+                ]);
+                let style = style("SliderStyleModel", &["handle_color"], true);
+                let value = clamp(value, min, max);
+                let (model, value) = open_watched(
+                    Spec::controls($model, $view), Some(style), "value", value, fields);
+                $name { model, value }
+            }
+
+            /// Moves the slider (clamped to its range), here and in every view.
+            pub fn set_value(&self, value: $ty) {
+                let (min, max) = self.range();
+                self.store(clamp(value, min, max));
+            }
+
+            /// The step between values.
+            pub fn step(self, step: $ty) -> Self {
+                self.model.set(vec![("step", step.to_value())]);
+                self
+            }
+
+            fn range(&self) -> ($ty, $ty) {
+                let get = |k| self.model.get(k).and_then(|v| <$ty>::from_value(&v));
+                (get("min").unwrap_or(<$ty>::MIN), get("max").unwrap_or(<$ty>::MAX))
+            }
+        }
+    };
+}
+
+fn clamp<T: PartialOrd>(value: T, min: T, max: T) -> T {
+    if value < min {
+        min
+    } else if value > max {
+        max
+    } else {
+        value
+    }
+}
+
+slider!(
+    /// A slider over integers (`IntSliderModel`).
+    IntSlider, "IntSliderModel", "IntSliderView", i64, 1i64, "d"
+);
+slider!(
+    /// A slider over floating-point numbers (`FloatSliderModel`).
+    FloatSlider, "FloatSliderModel", "FloatSliderView", f64, 0.1f64, ".2f"
+);
+
+value_widget!(
+    /// A progress bar over integers (`IntProgressModel`).
+    IntProgress, i64, "value"
+);
+displayable!(IntProgress, |w| format!("IntProgress(value={})", w.value()));
+
+impl IntProgress {
+    /// A bar at `value` between `min` and `max`.
+    pub fn new(value: i64, min: i64, max: i64) -> Self {
+        let mut fields = described("");
+        fields.extend([
+            ("bar_style", Value::from("")),
+            ("max", Value::from(max)),
+            ("min", Value::from(min)),
+            ("orientation", Value::from("horizontal")),
+        ]);
+        let style = style("ProgressStyleModel", &["bar_color"], true);
+        let spec = Spec::controls("IntProgressModel", "ProgressView");
+        let (model, value) = open_watched(spec, Some(style), "value", value, fields);
+        IntProgress { model, value }
+    }
+
+    pub fn set_value(&self, value: i64) {
+        self.store(value);
+    }
+
+    /// Adds `n` to the value (from any task).
+    pub fn inc(&self, n: i64) {
+        self.store(self.value() + n);
+    }
+
+    /// `"success"`, `"info"`, `"warning"`, `"danger"` or `""`.
+    pub fn bar_style(self, style: &str) -> Self {
+        self.set_bar_style(style);
+        self
+    }
+
+    pub fn set_bar_style(&self, style: &str) {
+        self.model.set(vec![("bar_style", Value::from(style))]);
+    }
+
+    /// Changes the maximum.
+    pub fn set_max(&self, max: i64) {
+        self.model.set(vec![("max", Value::from(max))]);
+    }
+}
+
+value_widget!(
+    /// A checkbox (`CheckboxModel`).
+    Checkbox, bool, "value"
+);
+displayable!(Checkbox, |w| format!("Checkbox(value={})", w.value()));
+
+impl Checkbox {
+    pub fn new(value: bool) -> Self {
+        let mut fields = described("");
+        fields.extend([
+            ("disabled", Value::from(false)),
+            ("indent", Value::from(true)),
+        ]);
+        let style = style("CheckboxStyleModel", &["background"], true);
+        let spec = Spec::controls("CheckboxModel", "CheckboxView");
+        let (model, value) = open_watched(spec, Some(style), "value", value, fields);
+        Checkbox { model, value }
+    }
+
+    pub fn set_value(&self, value: bool) {
+        self.store(value);
+    }
+}
+
+value_widget!(
+    /// A one-line text box (`TextModel`); the value follows each keystroke.
+    Text, String, "value"
+);
+displayable!(Text, |w| format!("Text(value={:?})", w.value()));
+
+impl Text {
+    pub fn new(value: &str) -> Self {
+        let mut fields = described("");
+        fields.extend([
+            ("continuous_update", Value::from(true)),
+            ("disabled", Value::from(false)),
+            ("placeholder", Value::from("\u{200b}")),
+        ]);
+        let nulls = ["background", "font_size", "text_color"];
+        let style = style("TextStyleModel", &nulls, true);
+        let spec = Spec::controls("TextModel", "TextView");
+        let (model, value) = open_watched(spec, Some(style), "value", value.to_owned(), fields);
+        Text { model, value }
+    }
+
+    pub fn set_value(&self, value: &str) {
+        self.store(value.to_owned());
+    }
+
+    /// Text shown while the box is empty.
+    pub fn placeholder(self, text: &str) -> Self {
+        self.model.set(vec![("placeholder", Value::from(text))]);
+        self
+    }
+}
+
+macro_rules! text_display {
+    ($(#[$doc:meta])* $name:ident, $model:literal, $view:literal, $style:literal, $nulls:expr) => {
+        value_widget!($(#[$doc])* $name, String, "value");
+        displayable!($name, |w| format!("{}(value={:?})", stringify!($name), w.value()));
+
+        impl $name {
+            pub fn new(value: &str) -> Self {
+                let mut fields = described("");
+                fields.push(("placeholder", Value::from("\u{200b}")));
+                let style = style($style, &$nulls, true);
+                let spec = Spec::controls($model, $view);
+                let (model, value) =
+                    open_watched(spec, Some(style), "value", value.to_owned(), fields);
+                $name { model, value }
+            }
+
+            pub fn set_value(&self, value: &str) {
+                self.store(value.to_owned());
+            }
+        }
+    };
+}
+
+const LABEL_STYLE: [&str; 8] = [
+    "background",
+    "font_family",
+    "font_size",
+    "font_style",
+    "font_variant",
+    "font_weight",
+    "text_color",
+    "text_decoration",
+];
+
+text_display!(
+    /// A line of plain text (`LabelModel`).
+    Label, "LabelModel", "LabelView", "LabelStyleModel", LABEL_STYLE
+);
+text_display!(
+    /// HTML markup, sanitised and rendered by the front end (`HTMLModel`).
+    HTML, "HTMLModel", "HTMLView", "HTMLStyleModel", ["background", "font_size", "text_color"]
+);
+
+/// A drop-down list (`DropdownModel`); its value is the selected label, if any.
+#[derive(Clone)]
+pub struct Dropdown {
+    model: Model,
+    options: Arc<Vec<String>>,
+    index: Arc<watch::Sender<Option<usize>>>,
+    value: Arc<watch::Sender<Option<String>>>,
+}
+
+displayable!(Dropdown, |w| format!("Dropdown(value={:?})", w.value()));
+
+impl Dropdown {
+    /// A list of `options` with the first one selected.
+    pub fn new<S: Into<String>>(options: impl IntoIterator<Item = S>) -> Self {
+        let options: Vec<String> = options.into_iter().map(Into::into).collect();
+        let first = (!options.is_empty()).then_some(0);
+        let layout = Model::layout();
+        let style = style("DescriptionStyleModel", &[], true);
+        let mut fields = described("");
+        fields.extend(common(&layout, Some(&style)));
+        let labels = options.iter().map(|o| Value::from(o.as_str())).collect();
+        fields.extend([
+            ("_options_labels", Value::Array(labels)),
+            ("disabled", Value::from(false)),
+            ("index", index_value(first)),
+        ]);
+        let spec = Spec::controls("DropdownModel", "DropdownView");
+        let model = Model::open(spec, fields, vec![layout, style]);
+        let options = Arc::new(options);
+        let index = Arc::new(watch::Sender::new(first));
+        let value = Arc::new(watch::Sender::new(first.map(|i| options[i].clone())));
+        let (index_tx, value_tx, labels) = (index.clone(), value.clone(), options.clone());
+        model.on_update(move |changed| {
+            if let Some((_, v)) = changed.iter().rev().find(|(k, _)| k == "index") {
+                let i = v.as_i64().and_then(|i| usize::try_from(i).ok());
+                let i = i.filter(|&i| i < labels.len());
+                index_tx.send_replace(i);
+                value_tx.send_replace(i.map(|i| labels[i].clone()));
+            }
+        });
+        Dropdown {
+            model,
+            options,
+            index,
+            value,
+        }
+    }
+
+    /// The selected label.
+    pub fn value(&self) -> Option<String> {
+        self.value.borrow().clone()
+    }
+
+    pub fn index(&self) -> Option<usize> {
+        *self.index.borrow()
+    }
+
+    pub fn options(&self) -> &[String] {
+        &self.options
+    }
+
+    /// Wakes on every change of the selection.
+    pub fn watch(&self) -> watch::Receiver<Option<String>> {
+        self.value.subscribe()
+    }
+
+    /// Selects the option at `index` (None: no selection); an index past the end selects none.
+    pub fn set_index(&self, index: Option<usize>) {
+        let index = index.filter(|&i| i < self.options.len());
+        self.index.send_replace(index);
+        self.value
+            .send_replace(index.map(|i| self.options[i].clone()));
+        self.model.set(vec![("index", index_value(index))]);
+    }
+
+    /// Selects the option labelled `label`; false if there is none.
+    pub fn set_value(&self, label: &str) -> bool {
+        let found = self.options.iter().position(|o| o == label);
+        if found.is_some() {
+            self.set_index(found);
+        }
+        found.is_some()
+    }
+
+    pub fn description(self, text: &str) -> Self {
+        self.model.set(vec![("description", Value::from(text))]);
+        self
+    }
+}
+
+fn index_value(index: Option<usize>) -> Value {
+    index.map_or(Value::Null, |i| Value::from(i as i64))
+}
+
+/// A button (`ButtonModel`); its clicks arrive as a stream ([`Button::clicks`]).
+#[derive(Clone)]
+pub struct Button {
+    model: Model,
+    clicks: Arc<broadcast::Sender<()>>,
+}
+
+displayable!(Button, |w| format!("Button(description={:?})", w.label()));
+
+impl Button {
+    pub fn new(description: &str) -> Self {
+        let layout = Model::layout();
+        let nulls = [
+            "button_color",
+            "font_family",
+            "font_size",
+            "font_style",
+            "font_variant",
+            "font_weight",
+            "text_color",
+            "text_decoration",
+        ];
+        let style = style("ButtonStyleModel", &nulls, false);
+        let mut fields = common(&layout, Some(&style));
+        fields.extend([
+            ("button_style", Value::from("")),
+            ("description", Value::from(description)),
+            ("disabled", Value::from(false)),
+            ("icon", Value::from("")),
+        ]);
+        let spec = Spec::controls("ButtonModel", "ButtonView");
+        let model = Model::open(spec, fields, vec![layout, style]);
+        let clicks = Arc::new(broadcast::Sender::new(256));
+        let sender = clicks.clone();
+        model.on_custom(move |content| {
+            if content.get("event").and_then(Value::as_str) == Some("click") {
+                let _ = sender.send(());
+            }
+        });
+        Button { model, clicks }
+    }
+
+    /// The button's label.
+    pub fn label(&self) -> String {
+        self.model
+            .get("description")
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    /// `"primary"`, `"success"`, `"info"`, `"warning"`, `"danger"` or `""`.
+    pub fn button_style(self, style: &str) -> Self {
+        self.model.set(vec![("button_style", Value::from(style))]);
+        self
+    }
+
+    pub fn set_disabled(&self, disabled: bool) {
+        self.model.set(vec![("disabled", Value::from(disabled))]);
+    }
+
+    /// Clicks the button from code (every [`Clicks`] stream sees it, as a user's click).
+    pub fn click(&self) {
+        let _ = self.clicks.send(());
+    }
+
+    /// The clicks from now on. Each call gives an independent stream.
+    pub fn clicks(&self) -> Clicks {
+        Clicks(self.clicks.subscribe())
+    }
+}
+
+/// A stream of button clicks.
+pub struct Clicks(broadcast::Receiver<()>);
+
+impl Clicks {
+    /// Waits for the next click; None once the button is gone. Clicks beyond 256 unread ones
+    /// are counted as one.
+    pub async fn next(&mut self) -> Option<()> {
+        match self.0.recv().await {
+            Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => Some(()),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+}
