@@ -15,12 +15,14 @@ Figures (medians over N runs unless noted):
 evcxr_jupyter needs a separate `:dep tokio` cell before any `.await`; that cell's time is part of
 its first_await figure.
 
-Two more tables, in the same run:
+Three more tables, in the same run (bench/responsive.py has the third):
 - first cell by kind: a new session's first cell (`let`, `fn`, `struct`, `use`, `:dep`,
   `.await`, an expression) sent as soon as kernel_info is answered, kernel start -> its
   execute_reply; for ipykernel the Python counterpart of each;
 - warm cell by kind (medians of 7 in one warm session), with the physical floor: a bare
-  `rustc --crate-type cdylib -C prefer-dynamic -C opt-level=0` of a two-line function.
+  `rustc --crate-type cdylib -C prefer-dynamic -C opt-level=0` of a two-line function;
+- responsiveness and memory: completion and inspect latency right after start, right after a
+  cell and warm; RSS of the kernel and its evaluation process idle and after 200 cells.
 
 The rustloop kernelspec is taken from $JUPYTER_PATH if it has one, else installed into a temp
 prefix from the release build ($RUSTLOOP_BIN or ~/.cache/rustloop/target/release/rustloop).
@@ -34,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import responsive
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from jupyter_client.manager import KernelManager
 
@@ -259,14 +262,21 @@ def by_kind(runs, evcxr):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--only", choices=["overview", "kinds"], default=None,
+    parser.add_argument("--only", choices=["overview", "kinds", "responsive"], default=None,
                         help="run one part of the benchmark")
     args = parser.parse_args()
     ensure_rustloop_spec()
     evcxr = evcxr_spec()
-    if args.only != "overview":
+    if args.only in (None, "kinds"):
         by_kind(args.runs, evcxr)
-    if args.only == "kinds":
+    if args.only in (None, "responsive"):
+        kernels = [("rustloop", "rustloop", responsive.RUST)]
+        if evcxr:
+            kernels.append(("evcxr_jupyter", evcxr, responsive.RUST))
+        if ipykernel_spec():
+            kernels.append(("ipykernel", "python3", responsive.PYTHON))
+        responsive.table(Session, kernels)
+    if args.only in ("kinds", "responsive"):
         return
     results = {"rustloop": measure("rustloop", args.runs, needs_tokio_dep=False)}
     if evcxr:

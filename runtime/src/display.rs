@@ -205,8 +205,9 @@ impl DisplayHandle {
     }
 }
 
-/// Shows `value` under the running cell (or, from a background task after its cell finished,
-/// under the most recent cell) and returns a handle to update it in place.
+/// Shows `value` under the running cell (from a task: under the cell that spawned it; from a
+/// plain thread: under the running cell, else the most recent one) and returns a handle to
+/// update it in place.
 pub fn display(value: &impl Rich) -> DisplayHandle {
     let id = format!(
         "rustloop-{}-{}",
@@ -218,21 +219,26 @@ pub fn display(value: &impl Rich) -> DisplayHandle {
 }
 
 pub(crate) fn emit_display(bundle: &MimeBundle, id: Option<&str>) {
-    link::send(&json::object([
-        ("t", json::string("display")),
-        ("id", json::opt_string(id)),
-        ("data", bundle.data_json()),
-        ("metadata", bundle.metadata_json()),
-    ]));
+    link::send(&json::object(
+        [
+            ("t", json::string("display")),
+            ("id", json::opt_string(id)),
+            ("data", bundle.data_json()),
+            ("metadata", bundle.metadata_json()),
+        ]
+        .into_iter()
+        .chain(crate::origin::field()),
+    ));
 }
 
 /// Clears the cell's output. With `wait`, the frontend clears only when new output arrives,
 /// which avoids flicker in animations.
 pub fn clear_output(wait: bool) {
-    link::send(&json::object([
-        ("t", json::string("clear")),
-        ("wait", wait.to_string()),
-    ]));
+    link::send(&json::object(
+        [("t", json::string("clear")), ("wait", wait.to_string())]
+            .into_iter()
+            .chain(crate::origin::field()),
+    ));
 }
 
 /// A progress bar that redraws in place (one display, updated), usable from tasks.

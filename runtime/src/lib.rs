@@ -16,9 +16,15 @@
 //! Everything the runtime sends to the kernel travels through the process's stdout as framed
 //! messages, so it stays in order with `println!` output.
 
+// Per-task output capture (see `origin`); enabled only when rustloop's rustc wrapper builds
+// this crate.
+#![cfg_attr(rustloop_capture, feature(internal_output_capture))]
+#![cfg_attr(rustloop_capture, allow(internal_features))]
+
 mod display;
 mod json;
 mod link;
+mod origin;
 mod tasks;
 
 #[doc(hidden)]

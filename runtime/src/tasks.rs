@@ -93,10 +93,14 @@ pub(crate) fn install_hooks(builder: &mut tokio::runtime::Builder) {
                 map.remove(&meta.id().to_string());
             }
         })
-        .on_before_task_poll(|_| {
+        .on_before_task_poll(|meta| {
             IN_POLL.fetch_add(1, Ordering::SeqCst);
+            if let Some(run) = run_of(&meta.id().to_string()) {
+                crate::origin::begin(run);
+            }
         })
         .on_after_task_poll(|_| {
+            crate::origin::end();
             IN_POLL.fetch_sub(1, Ordering::SeqCst);
         });
 }
@@ -106,8 +110,11 @@ pub(crate) fn install_hooks(_builder: &mut tokio::runtime::Builder) {}
 
 /// The cell run of the task currently being polled on this thread, if any.
 pub(crate) fn origin_of_current() -> Option<u64> {
-    let id = tokio::task::try_id()?.to_string();
-    REGISTRY.lock().unwrap().as_ref()?.get(&id).map(|t| t.run)
+    run_of(&tokio::task::try_id()?.to_string())
+}
+
+fn run_of(id: &str) -> Option<u64> {
+    REGISTRY.lock().unwrap().as_ref()?.get(id).map(|t| t.run)
 }
 
 pub(crate) fn live() -> Vec<TaskInfo> {

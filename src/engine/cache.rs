@@ -29,6 +29,7 @@ const RUNTIME_FILES: &[(&str, &str)] = &[
     ),
     ("src/json.rs", include_str!("../../runtime/src/json.rs")),
     ("src/link.rs", include_str!("../../runtime/src/link.rs")),
+    ("src/origin.rs", include_str!("../../runtime/src/origin.rs")),
     ("src/tasks.rs", include_str!("../../runtime/src/tasks.rs")),
     ("src/store.rs", include_str!("../../runtime/src/store.rs")),
 ];
@@ -229,5 +230,29 @@ mod tests {
         write_runtime(&dir).unwrap();
         assert_eq!(std::fs::read_to_string(&lib).unwrap(), RUNTIME_FILES[1].1);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn every_runtime_source_file_is_embedded() {
+        fn sources(dir: &Path, root: &Path, out: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    sources(&path, root, out);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let relative = path.strip_prefix(root).unwrap();
+                    out.push(relative.to_string_lossy().into_owned());
+                }
+            }
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("runtime");
+        let mut found = Vec::new();
+        sources(&root.join("src"), &root, &mut found);
+        for file in found {
+            assert!(
+                RUNTIME_FILES.iter().any(|(name, _)| *name == file),
+                "runtime/{file} is not in RUNTIME_FILES"
+            );
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! (the kernel answers `kernel_info` meanwhile), and runs one request at a time. [`Engine`] is
 //! the handle the kernel layer holds; its interrupt and input methods work while a cell runs.
 
-use super::analysis::{complete, inspect};
+use super::analysis::{Known, complete, inspect};
 use super::cache::Slot;
 use super::cell;
 use super::errors::ErrorInfo;
@@ -53,7 +53,13 @@ struct Inner {
     link: Arc<Link>,
     fast_lane: FastLane,
     variables: Mutex<Variables>,
+    /// What completion offers while rust-analyzer is loading or the evaluator is busy.
+    known: Mutex<Known>,
 }
+
+/// How long a completion or inspection waits for rust-analyzer before the kernel answers
+/// with what it knows (JupyterLab gives up after 1 s; the aim is a reply within 0.25 s).
+const ANALYSIS_WAIT: Duration = Duration::from_millis(180);
 
 impl Inner {
     /// How the evaluation process ended, once it has (waits up to a second for it).
@@ -86,7 +92,7 @@ impl Engine {
     pub fn start(sink: EventSink, slot: Slot) -> Result<Engine> {
         let warnings_file = slot.dir.join(".rustloop-warnings.jsonl");
         // Type definitions of an earlier session in this slot mean nothing now.
-        let _ = std::fs::remove_file(super::warnings::types_file(&warnings_file));
+        let _ = std::fs::remove_file(super::store::types_file(&warnings_file));
         let router = Router::new(sink, warnings_file.clone());
         let sink_router = router.clone();
         let link = Arc::new(Link::start(Arc::new(move |event| {
@@ -105,6 +111,7 @@ impl Engine {
             warnings_file,
             link: link.clone(),
             variables: Mutex::new(Variables::default()),
+            known: Mutex::new(Known::default()),
         });
         let thread_inner = inner.clone();
         let link_path = link.path().to_owned();
@@ -189,16 +196,25 @@ impl Engine {
         self.send(Request::Execute(request));
     }
 
+    /// Completions from rust-analyzer if it answers within [`ANALYSIS_WAIT`], else from what
+    /// the kernel knows (it may be loading, or the evaluator busy with a cell).
     pub async fn complete(&self, code: String, cursor: usize) -> Completions {
         let (reply, rx) = oneshot::channel();
         self.send(Request::Complete {
-            code,
+            code: code.clone(),
             cursor,
             reply,
         });
-        rx.await.unwrap_or_default()
+        match tokio::time::timeout(ANALYSIS_WAIT, rx).await {
+            Ok(Ok(completions)) => completions,
+            _ => {
+                tracing::debug!("completion from what is known (analysis not ready)");
+                self.inner.known.lock().unwrap().complete(&code, cursor)
+            }
+        }
     }
 
+    /// Documentation from rust-analyzer if it answers within [`ANALYSIS_WAIT`], else none.
     pub async fn inspect(&self, code: String, cursor: usize) -> Inspection {
         let (reply, rx) = oneshot::channel();
         self.send(Request::Inspect {
@@ -206,7 +222,11 @@ impl Engine {
             cursor,
             reply,
         });
-        rx.await.unwrap_or_default()
+        tokio::time::timeout(ANALYSIS_WAIT, rx)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten()
     }
 
     fn send(&self, request: Request) {
@@ -366,28 +386,23 @@ fn evaluator_main(
             inner.router.emit(Output::Stream {
                 stderr: true,
                 text: format!(
-                    "rustloop: definitions made while the kernel was starting could not be                      carried over; run those cells again if later cells need them ({e})\n"
+                    "rustloop: definitions made while the kernel was starting could not be \
+                     carried over; run those cells again if later cells need them ({e})\n"
                 ),
             });
         }
     }
     let pending = requests.try_recv().ok();
-    if let Some(context) = context.as_mut()
-        && pending.is_none()
-    {
-        // rust-analyzer (which evcxr uses to infer the types of `let` variables) builds its
-        // picture of std and tokio on first use, about 2 s. Do that now, while the user is
-        // still typing, rather than in their first cell with a `let`.
-        let started = Instant::now();
-        let _ = context.completions("let rustloop_warm_up = 1u8; rustloop_warm_up.", 44);
-        tracing::info!("analysis warm after {:?}", started.elapsed());
-    }
     let startup_error = "the Rust evaluator could not start (see the kernel log or the first \
                          cell's output); check that `cargo` and `rustc` work in this environment";
+    // rust-analyzer loads on the first completion or inspection (seconds); until then a request
+    // whose asker stopped waiting is still served, to get it loaded.
+    let mut analysis_loaded = false;
     for request in pending.into_iter().chain(requests.iter()) {
         match request {
             Request::Execute(execute) => {
                 let id = execute.id;
+                let code = execute.code.clone();
                 let outcome = match context.as_mut() {
                     Some(context) => run_cell(&inner.cell_run(), context, execute),
                     None => Outcome {
@@ -395,6 +410,9 @@ fn evaluator_main(
                         ..Outcome::default()
                     },
                 };
+                if outcome.error.is_none() {
+                    inner.known.lock().unwrap().learn_cell(&code);
+                }
                 inner.router.flush_carry();
                 (inner.router.sink())(Event::Finished { id, outcome });
             }
@@ -403,10 +421,14 @@ fn evaluator_main(
                 cursor,
                 reply,
             } => {
+                if reply.is_closed() && analysis_loaded {
+                    continue;
+                }
                 let result = context
                     .as_mut()
-                    .map(|c| complete(c, &code, cursor))
+                    .map(|c| complete(c, &inner.known, &code, cursor))
                     .unwrap_or_default();
+                analysis_loaded |= context.is_some();
                 let _ = reply.send(result);
             }
             Request::Inspect {
@@ -414,7 +436,11 @@ fn evaluator_main(
                 cursor,
                 reply,
             } => {
+                if reply.is_closed() && analysis_loaded {
+                    continue;
+                }
                 let result = context.as_mut().and_then(|c| inspect(c, &code, cursor));
+                analysis_loaded |= context.is_some();
                 let _ = reply.send(result);
             }
         }

@@ -26,10 +26,11 @@ mod run;
 mod store;
 mod warm_up;
 mod warnings;
+mod wrapper;
 
 pub use child::run_if_evaluation_process;
 pub use errors::ErrorInfo;
-pub use warnings::run_if_rustc_wrapper;
+pub use wrapper::run_if_rustc_wrapper;
 
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -81,7 +82,16 @@ pub struct Outcome {
 #[derive(Debug, Clone)]
 pub enum Event {
     Output(Output),
-    Finished { id: ExecId, outcome: Outcome },
+    /// Output that belongs to an earlier cell than the running one: what a task spawned by
+    /// `origin` printed or displayed later.
+    Late {
+        origin: ExecId,
+        output: Output,
+    },
+    Finished {
+        id: ExecId,
+        outcome: Outcome,
+    },
 }
 
 /// Receives events; called from engine threads and tasks, must not block.
@@ -131,7 +141,7 @@ pub async fn prebuild(slot: cache::Slot) -> anyhow::Result<()> {
     while let Some(event) = rx.recv().await {
         match event {
             Event::Output(Output::Stream { text, .. }) => eprint!("{text}"),
-            Event::Output(_) => {}
+            Event::Output(_) | Event::Late { .. } => {}
             Event::Finished { outcome, .. } => {
                 engine.shutdown();
                 return match outcome.error {

@@ -92,8 +92,11 @@ pub struct Router {
     pub fast_waiter: Mutex<Option<std::sync::mpsc::Sender<FastEnd>>>,
     rt: tokio::runtime::Handle,
     pub state: Mutex<CellState>,
-    /// Cell label per evaluation-process run, for messages about background tasks.
-    labels: Mutex<HashMap<u64, String>>,
+    /// Cell label and request per evaluation-process run: where a task's output goes, and how
+    /// messages about background tasks name its cell.
+    runs: Mutex<HashMap<u64, (String, ExecId)>>,
+    /// The run that started last.
+    last_run: Mutex<Option<u64>>,
     link: OnceLock<Arc<Link>>,
     /// Where the rustc wrapper leaves the warnings of the cell being compiled.
     warnings_file: std::path::PathBuf,
@@ -111,7 +114,8 @@ impl Router {
             last_run_fast: std::sync::atomic::AtomicBool::new(false),
             rt: tokio::runtime::Handle::current(),
             state: Mutex::new(CellState::default()),
-            labels: Mutex::new(HashMap::new()),
+            runs: Mutex::new(HashMap::new()),
+            last_run: Mutex::new(None),
             link: OnceLock::new(),
             warnings_file,
             tasks_reply: Mutex::new(None),
@@ -154,7 +158,42 @@ impl Router {
     }
 
     pub fn label_of_run(&self, run: u64) -> Option<String> {
-        self.labels.lock().unwrap().get(&run).cloned()
+        self.runs
+            .lock()
+            .unwrap()
+            .get(&run)
+            .map(|(label, _)| label.clone())
+    }
+
+    /// The earlier cell a runtime message tagged with `run` belongs to, if that is not the
+    /// running cell.
+    fn late_origin(&self, run: Option<u64>) -> Option<ExecId> {
+        let run = run?;
+        if self.state.lock().unwrap().run == Some(run) {
+            return None;
+        }
+        self.runs.lock().unwrap().get(&run).map(|(_, id)| *id)
+    }
+
+    /// Where untagged text goes: while a cell has been sent but has not started in the
+    /// evaluation process, text in the pipe was written before it, so it belongs to the run
+    /// before (its tasks, or the cell itself if it just ended).
+    fn untagged_origin(&self) -> Option<ExecId> {
+        {
+            let state = self.state.lock().unwrap();
+            if state.executing.is_none() || state.run.is_some() {
+                return None;
+            }
+        }
+        let last = (*self.last_run.lock().unwrap())?;
+        self.runs.lock().unwrap().get(&last).map(|(_, id)| *id)
+    }
+
+    fn emit_from(&self, origin: Option<ExecId>, output: Output) {
+        match origin {
+            Some(origin) => (self.sink)(super::Event::Late { origin, output }),
+            None => self.emit(output),
+        }
     }
 
     /// Called once per link event, in order.
@@ -199,7 +238,7 @@ impl Router {
             text
         };
         if !text.is_empty() {
-            self.emit(Output::Stream { stderr, text });
+            self.emit_from(self.untagged_origin(), Output::Stream { stderr, text });
         }
     }
 
@@ -235,7 +274,15 @@ impl Router {
                 // While a fast-lane cell is current, evcxr's warm-up runs are not it.
                 if state.executing.is_some() && state.fast_lane == fast {
                     state.run = Some(run);
-                    self.labels.lock().unwrap().insert(run, state.label.clone());
+                    if let Some(id) = state.executing {
+                        let mut runs = self.runs.lock().unwrap();
+                        // Bounded: a notebook's tasks rarely outlive thousands of cells.
+                        if runs.len() >= 4096 {
+                            runs.retain(|&r, _| r + 1024 > run);
+                        }
+                        runs.insert(run, (state.label.clone(), id));
+                        *self.last_run.lock().unwrap() = Some(run);
+                    }
                     self.command(format!("label {run} {}", hex::encode(&state.label)));
                     if state.interrupt_requested && state.interrupt_delivered_at.is_none() {
                         self.deliver_interrupt(&mut state, run);
@@ -260,6 +307,17 @@ impl Router {
                 } else {
                     (object("data"), object("metadata"))
                 };
+                if let Some(origin) = self.late_origin(message["run"].as_u64()) {
+                    let mut data = data;
+                    ensure_plain(&mut data);
+                    let display_id = message["id"].as_str().map(str::to_owned);
+                    let output = Output::Display {
+                        data,
+                        metadata,
+                        display_id,
+                    };
+                    return self.emit_from(Some(origin), output);
+                }
                 let mut state = self.state.lock().unwrap();
                 if state.in_result {
                     let result = state.result.get_or_insert_with(Default::default);
@@ -281,9 +339,19 @@ impl Router {
                 metadata: object("metadata"),
                 display_id: message["id"].as_str().unwrap_or_default().to_owned(),
             }),
-            "clear" => self.emit(Output::Clear {
-                wait: message["wait"].as_bool().unwrap_or(false),
-            }),
+            "clear" => self.emit_from(
+                self.late_origin(message["run"].as_u64()),
+                Output::Clear {
+                    wait: message["wait"].as_bool().unwrap_or(false),
+                },
+            ),
+            "stream" => self.emit_from(
+                self.late_origin(message["run"].as_u64()),
+                Output::Stream {
+                    stderr: false,
+                    text: message["text"].as_str().unwrap_or_default().to_owned(),
+                },
+            ),
             "result_begin" => {
                 let mut state = self.state.lock().unwrap();
                 state.in_result = true;
@@ -353,15 +421,14 @@ impl Router {
                         .and_then(|run| self.label_of_run(run))
                         .map(|label| format!(" spawned by cell {label}"))
                         .unwrap_or_default();
-                    self.emit(Output::Stream {
-                        stderr: true,
-                        text: format!(
-                            "thread '{thread}' panicked ({task}{origin}): {}\n\
-                             The runtime keeps running; awaiting this task's JoinHandle gives \
-                             Err(JoinError::Panic).\n",
-                            report.message
-                        ),
-                    });
+                    let text = format!(
+                        "thread '{thread}' panicked ({task}{origin}): {}\n\
+                         The runtime keeps running; awaiting this task's JoinHandle gives \
+                         Err(JoinError::Panic).\n",
+                        report.message
+                    );
+                    let late = self.late_origin(message["run"].as_u64());
+                    self.emit_from(late, Output::Stream { stderr: true, text });
                 }
             }
             "fast_end" => {

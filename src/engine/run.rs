@@ -25,7 +25,7 @@ pub struct CellRun<'a> {
 impl CellRun<'_> {
     /// The cell crate's definitions as the rustc wrapper last recorded them.
     pub fn definitions(&self) -> Definitions {
-        Definitions::read(&super::warnings::types_file(self.warnings_file))
+        Definitions::read(&super::store::types_file(self.warnings_file))
     }
 
     /// Rewrites a cell around the store (`lane`: for the fast lane's crate), and says which
@@ -222,6 +222,14 @@ fn evaluate(
     let router = cell_run.router;
     let _ = std::fs::remove_file(cell_run.warnings_file);
     let _ = std::fs::remove_file(store::job_file(cell_run.warnings_file));
+    if prepared
+        .code
+        .lines()
+        .any(|l| l.trim_start().starts_with(':'))
+    {
+        // `:dep`, `:opt`, `:linker`...: the build changes beyond the cell's source.
+        super::wrapper::BuildJob::forget(cell_run.warnings_file);
+    }
     let variables_before = cell_run.variables.lock().unwrap().names();
     let input_router = router;
     let mut callbacks = EvalCallbacks {

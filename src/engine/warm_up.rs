@@ -74,12 +74,17 @@ pub fn warm_up(
         // Run cell builds through this binary to keep the warnings evcxr would drop.
         if let Ok(exe) = std::env::current_exe() {
             state.set_build_env("RUSTC_WRAPPER", &exe.to_string_lossy());
-            state.set_build_env(super::warnings::WRAPPER_ENV, "1");
+            state.set_build_env(super::wrapper::WRAPPER_ENV, "1");
             state.set_build_env(
-                super::warnings::WARNINGS_FILE_ENV,
+                super::wrapper::WARNINGS_FILE_ENV,
                 &warnings_file.to_string_lossy(),
             );
         }
+        // Later cells skip cargo when only their source changed (`wrapper::Direct`).
+        super::wrapper::BuildJob::forget(warnings_file);
+        state.set_direct_build(std::sync::Arc::new(super::wrapper::Direct {
+            warnings_file: warnings_file.to_owned(),
+        }));
         tracing::info!("warm-up: evcxr started after {:?}", t0.elapsed());
         let [(tokio, tokio_spec), _runtime] = cell_dependencies(slot);
         state
@@ -108,6 +113,10 @@ pub fn warm_up(
     state.set_offline_mode(false);
     eval.eval_with_state("", state)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Cells reach evcxr without top-level `let`s (the store keeps variables), so its
+    // rust-analyzer pass over each cell's variables would find nothing; rust-analyzer then
+    // loads only when a completion or hover asks (vendor/evcxr/RUSTLOOP-PATCH.md).
+    eval.set_variable_analysis(false);
     Ok(CommandContext::with_eval_context(eval))
 }
 

@@ -1,7 +1,7 @@
 //! The one place that turns engine output into iopub messages.
 //!
-//! It decides which request an output belongs to (the running cell, else the most recent one),
-//! batches `stream` text (flushed on a short timer, on size, and before any other message), and
+//! It decides which request an output belongs to (the cell a task's output comes from, else
+//! the running cell, else the most recent one), batches `stream` text (flushed on a short timer, on size, and before any other message), and
 //! tells the shell handler when a cell's output is complete.
 
 use crate::engine::{Event, ExecId, Outcome, Output};
@@ -41,11 +41,16 @@ struct Pending {
     since: Instant,
 }
 
+/// How many finished cells late task output can still be routed to.
+const RECENT_CELLS: usize = 1024;
+
 pub struct Publisher {
     sender: crate::wire::sockets::Sender,
     current: Option<CellContext>,
     /// Where background output goes when no cell runs.
     last: Option<Arc<Incoming>>,
+    /// Recent cells (request, silent), for output of tasks they spawned.
+    recent: std::collections::VecDeque<(ExecId, Arc<Incoming>, bool)>,
     pending: Option<Pending>,
 }
 
@@ -55,6 +60,7 @@ impl Publisher {
             sender,
             current: None,
             last: None,
+            recent: Default::default(),
             pending: None,
         }
     }
@@ -80,9 +86,21 @@ impl Publisher {
             Message::Begin(cell) => {
                 self.flush();
                 self.last = Some(cell.request.clone());
+                if self.recent.len() == RECENT_CELLS {
+                    self.recent.pop_front();
+                }
+                self.recent
+                    .push_back((cell.id, cell.request.clone(), cell.silent));
                 self.current = Some(cell);
             }
-            Message::Engine(Event::Output(output)) => self.output(output).await,
+            Message::Engine(Event::Output(output)) => {
+                let target = self.target();
+                self.output(output, target).await
+            }
+            Message::Engine(Event::Late { origin, output }) => {
+                let target = self.target_of(origin);
+                self.output(output, target).await
+            }
             Message::Engine(Event::Finished { id, outcome }) => {
                 self.flush();
                 let Some(cell) = self.current.take_if(|c| c.id == id) else {
@@ -115,8 +133,22 @@ impl Publisher {
         }
     }
 
-    async fn output(&mut self, output: Output) {
-        let Some((parent, visible)) = self.target() else {
+    /// Where output of a task spawned by cell `origin` goes: under that cell while the
+    /// publisher remembers it.
+    fn target_of(&self, origin: ExecId) -> Option<(Arc<Incoming>, bool)> {
+        if self.current.as_ref().is_some_and(|c| c.id == origin) {
+            return self.target();
+        }
+        self.recent
+            .iter()
+            .rev()
+            .find(|(id, ..)| *id == origin)
+            .map(|(_, request, silent)| (request.clone(), !silent))
+            .or_else(|| self.target())
+    }
+
+    async fn output(&mut self, output: Output, target: Option<(Arc<Incoming>, bool)>) {
+        let Some((parent, visible)) = target else {
             if let Output::InputRequest { .. } = output {
                 tracing::warn!("input request with no cell to attribute it to");
             }

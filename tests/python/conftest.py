@@ -135,3 +135,28 @@ def fresh_kernel():
         k.shutdown()
     except Exception:
         pass
+
+
+@pytest.fixture
+def logged(tmp_path):
+    """A kernel whose log (info level) can be read with `log_of`."""
+    path = tmp_path / "kernel.log"
+    with open(path, "w") as log:
+        k = Kernel(log=log)
+        k.log_path = path
+        yield k
+        try:
+            k.shutdown()
+        except Exception:
+            pass
+
+
+def log_of(k):
+    return k.log_path.read_text()
+
+
+def wait_until_warm(k):
+    """Until evcxr has warmed up (the lane is closed from then on)."""
+    deadline = time.monotonic() + FIRST_CELL_TIMEOUT
+    while "evaluator warm after" not in log_of(k) and time.monotonic() < deadline:
+        time.sleep(0.2)

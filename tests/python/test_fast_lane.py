@@ -10,7 +10,15 @@ import time
 
 import pytest
 
-from conftest import FIRST_CELL_TIMEOUT, Kernel, result_of, stderr_of, stdout_of
+from conftest import (
+    FIRST_CELL_TIMEOUT,
+    Kernel,
+    log_of,
+    result_of,
+    stderr_of,
+    stdout_of,
+    wait_until_warm,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -22,30 +30,6 @@ def warm_cache():
         assert content["status"] == "ok", content
     finally:
         k.shutdown()
-
-
-@pytest.fixture
-def logged(tmp_path):
-    path = tmp_path / "kernel.log"
-    with open(path, "w") as log:
-        k = Kernel(log=log)
-        k.log_path = path
-        yield k
-        try:
-            k.shutdown()
-        except Exception:
-            pass
-
-
-def log_of(k):
-    return k.log_path.read_text()
-
-
-def wait_until_warm(k):
-    """Until evcxr has warmed up (the lane is closed from then on)."""
-    deadline = time.monotonic() + FIRST_CELL_TIMEOUT
-    while "evaluator warm after" not in log_of(k) and time.monotonic() < deadline:
-        time.sleep(0.2)
 
 
 def fast_cells(k):

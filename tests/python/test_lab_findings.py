@@ -101,13 +101,9 @@ def test_history_search_with_a_star_in_the_code(warm):
         assert "6 * 7" in found, (pattern, found)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 4 is not fixed yet: output of a task printed after a later cell ran is "
-    "attributed to that later cell (ipykernel keeps it under the cell that spawned the task)",
-)
 def test_late_task_output_stays_under_its_cell(warm):
-    """Finding 4: a task spawned in cell A prints after cell B ran; the output belongs to A."""
+    """Finding 4: a task spawned in cell A prints after cell B ran; the output belongs to A
+    (more cases in test_task_output.py)."""
     kc = warm.kc
     a = kc.execute(
         "tokio::spawn(async {\n"

@@ -2,20 +2,40 @@
 //! characters, rust-analyzer in bytes. Completion offers names only (no argument snippets),
 //! exact and prefix matches first; items private to other crates are left out by evcxr
 //! (vendor/evcxr/RUSTLOOP-PATCH.md). Inspection shows docs the way rustdoc does (`docs.rs`).
+//! While rust-analyzer is loading or the evaluator is busy, `fallback.rs` answers from what
+//! the kernel knows; `rank.rs` orders both.
 
 mod docs;
+mod fallback;
+mod rank;
+
+pub use fallback::Known;
 
 use super::{Completions, Inspection};
 use evcxr::CommandContext;
+use rank::rank;
+use std::sync::Mutex;
 
-pub fn complete(context: &mut CommandContext, code: &str, cursor: usize) -> Completions {
+/// Completions from rust-analyzer; what it offers after a path is remembered in `known` for
+/// the times it is not ready.
+pub fn complete(
+    context: &mut CommandContext,
+    known: &Mutex<Known>,
+    code: &str,
+    cursor: usize,
+) -> Completions {
     let byte_cursor = char_to_byte(code, cursor);
     match context.completions(code, byte_cursor) {
         Ok(completions) => {
             let start = completions.start_offset.min(byte_cursor);
             let typed = code.get(start..byte_cursor).unwrap_or("");
+            let matches = rank(typed, completions.completions.into_iter().map(|c| c.code));
+            let (qualifier, _) = fallback::split_word(&code[..byte_cursor]);
+            if typed.is_empty() || !qualifier.is_empty() {
+                known.lock().unwrap().learn_path(qualifier, &matches);
+            }
             Completions {
-                matches: rank(typed, completions.completions.into_iter().map(|c| c.code)),
+                matches,
                 cursor_start: byte_to_char(code, completions.start_offset),
                 cursor_end: byte_to_char(code, completions.end_offset),
             }
@@ -56,54 +76,6 @@ pub fn inspect(context: &mut CommandContext, code: &str, cursor: usize) -> Inspe
     }
 }
 
-/// What to insert for each completion, best first: the name alone (rust-analyzer's snippet
-/// `sleep(duration)` inserts `sleep`, `sleep::` and `println!()` insert `sleep` and
-/// `println!`), without duplicates; exact matches of what was typed, then prefix matches
-/// (case-sensitive, then not), then the rest (rust-analyzer's fuzzy matches), each group in
-/// alphabetical order with shorter names first.
-fn rank(typed: &str, codes: impl Iterator<Item = String>) -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
-    for code in codes {
-        let name = name_of(&code);
-        if !name.is_empty() && !names.contains(&name) {
-            names.push(name);
-        }
-    }
-    let lower = typed.to_lowercase();
-    let group = |name: &str| {
-        if name == typed {
-            0
-        } else if name.starts_with(typed) {
-            1
-        } else if name.to_lowercase().starts_with(&lower) {
-            2
-        } else {
-            3
-        }
-    };
-    names.sort_by_cached_key(|n| (group(n), n.len(), n.clone()));
-    names
-}
-
-/// The name a completion's code starts with (an identifier, `r#` identifiers and a macro's `!`
-/// included); code that does not start with one (postfix snippets, `&mut ...`) is kept whole.
-fn name_of(code: &str) -> String {
-    let ident_len = code
-        .char_indices()
-        .find(|&(i, c)| {
-            !(c.is_alphanumeric() || c == '_' || (i == 1 && c == '#' && code.starts_with('r')))
-        })
-        .map_or(code.len(), |(i, _)| i);
-    if ident_len == 0 {
-        return code.trim().to_owned();
-    }
-    let mut name = code[..ident_len].to_owned();
-    if code[ident_len..].starts_with('!') {
-        name.push('!');
-    }
-    name
-}
-
 fn char_to_byte(text: &str, chars: usize) -> usize {
     text.char_indices()
         .nth(chars)
@@ -124,23 +96,5 @@ mod tests {
         assert_eq!(char_to_byte(text, 5), 6);
         assert_eq!(byte_to_char(text, 6), 5);
         assert_eq!(char_to_byte(text, 100), text.len());
-    }
-
-    #[test]
-    fn names_only_exact_and_prefix_matches_first() {
-        // What rust-analyzer offered (in its order) for `tokio::time::sl`.
-        let codes = [
-            "sleep_until(deadline)",
-            "Sleep",
-            "Instant",
-            "sleep::",
-            "sleep(duration)",
-        ];
-        let ranked = rank("sl", codes.iter().map(|c| c.to_string()));
-        assert_eq!(ranked, ["sleep", "sleep_until", "Sleep", "Instant"]);
-        let ranked = rank("sleep", codes.iter().map(|c| c.to_string()));
-        assert_eq!(ranked[..2], ["sleep", "sleep_until"]);
-        assert_eq!(name_of("println!($0)"), "println!");
-        assert_eq!(name_of("r#type"), "r#type");
     }
 }

@@ -246,12 +246,15 @@ impl Cells {
             }
             .map_err(std::io::Error::other)?;
             let fast = matches!(entry, Entry::Fast(_));
-            raw_frame(&format!(
-                "{{\"t\":\"cell_start\",\"run\":{run},\"fast\":{fast}}}"
-            ));
+            // The runtime learns of the new run first: from then on, tasks of earlier cells
+            // send their text tagged with their own run (see `runtime/src/origin.rs`), and
+            // untagged text before `cell_start` still belongs to the previous run.
             if let Some(begin) = &begin {
                 begin(run);
             }
+            raw_frame(&format!(
+                "{{\"t\":\"cell_start\",\"run\":{run},\"fast\":{fast}}}"
+            ));
             match entry {
                 Entry::Evcxr(cell) => self.store = cell(self.store),
                 Entry::Fast(cell) => panicked = cell() != 0,

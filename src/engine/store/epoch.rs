@@ -2,7 +2,7 @@
 //!
 //! The rustc wrapper numbers the cell crate's type definitions: the generation goes up when a
 //! type, trait or module seen before is defined differently, and that changes every `TypeId`
-//! of the crate (see `warnings::TypeGeneration`), so nothing can read an old value as a new
+//! of the crate (see `generation.rs`), so nothing can read an old value as a new
 //! type through `Any`. A kept variable remembers its [`Epoch`]. When a later cell loads it from
 //! another epoch, the store drops it if its type involves a definition that changed since
 //! (directly, or through a type whose definition names one), and otherwise reads it under the

@@ -25,10 +25,12 @@
 //! later cell loads the variable.
 
 mod epoch;
+mod generation;
 mod plan;
 mod probe;
 
 pub use epoch::{Definitions, Epoch, type_definitions};
+pub use generation::{TypeGeneration, types_file};
 pub use plan::Plan;
 pub use probe::{ProbeJob, job_file, save_job};
 

@@ -217,6 +217,11 @@ Panic detected. Here's some useful information if you're filing a bug report.
         self.eval_context.set_opt_level(level)
     }
 
+    /// rustloop patch: see `EvalContext::set_variable_analysis`.
+    pub fn set_variable_analysis(&mut self, enabled: bool) {
+        self.eval_context.set_variable_analysis(enabled);
+    }
+
     pub fn last_source(&self) -> std::io::Result<String> {
         self.eval_context.last_source()
     }

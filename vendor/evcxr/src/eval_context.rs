@@ -60,6 +60,8 @@ pub struct EvalContext {
     stdout_sender: crossbeam_channel::Sender<String>,
     analyzer: RustAnalyzer,
     initial_config: Config,
+    // rustloop patch: false skips rust-analyzer's pass over each cell's top-level variables.
+    analyze_variables: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -102,6 +104,26 @@ pub(crate) struct Config {
     pub(crate) allow_static_linking: bool,
     pub(crate) build_envs: HashMap<String, String>,
     subprocess_path: PathBuf,
+    // rustloop patch: builds the cell crate without cargo when it can (see `DirectBuild`).
+    pub(crate) direct_build: Option<DirectBuildHook>,
+}
+
+/// rustloop patch: a way to build the cell crate without running cargo, for example by running
+/// rustc with the command cargo used last time when nothing but `src/lib.rs` changed.
+pub trait DirectBuild: Send + Sync {
+    /// Builds the crate in `crate_dir` and returns what cargo would have: rustc's JSON
+    /// diagnostics on stderr, a `compiler-artifact` message naming the shared object on stdout.
+    /// `None` means "run cargo instead".
+    fn build(&self, crate_dir: &Path) -> Option<std::io::Result<std::process::Output>>;
+}
+
+#[derive(Clone)]
+pub(crate) struct DirectBuildHook(pub(crate) std::sync::Arc<dyn DirectBuild>);
+
+impl std::fmt::Debug for DirectBuildHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DirectBuildHook")
+    }
 }
 
 fn create_initial_config(tmpdir: PathBuf, subprocess_path: PathBuf) -> Result<Config> {
@@ -148,6 +170,7 @@ impl Config {
             subprocess_path,
             codegen_backend: None,
             build_envs: Default::default(),
+            direct_build: None,
         })
     }
 
@@ -442,6 +465,7 @@ impl EvalContext {
             stdout_sender,
             analyzer,
             initial_config,
+            analyze_variables: true,
         };
         let outputs = EvalContextOutputs {
             stdout: stdout_receiver,
@@ -707,7 +731,12 @@ impl EvalContext {
     ) -> Result<EvalOutputs, Error> {
         self.write_cargo_toml(state)?;
         let analysis_code = state.analysis_code(user_code.clone());
-        if let Err(errors) = self.fix_variable_types(state, analysis_code) {
+        let analyzed = if self.analyze_variables {
+            self.fix_variable_types(state, analysis_code)
+        } else {
+            Ok(())
+        };
+        if let Err(errors) = analyzed {
             let mut check_res = self.check(user_code.clone(), state.clone(), code_info)?;
             if !check_res.is_empty() {
                 // Do one round of trying to fix errors, otherwise code like the following can end
@@ -817,6 +846,13 @@ impl EvalContext {
 
         let output = self.run_and_capture_output(state, &so_file, callbacks)?;
         Ok(ExecutionArtifacts { output })
+    }
+
+    /// rustloop patch: whether rust-analyzer infers the types of each cell's top-level
+    /// variables (on by default). A caller whose cells bind no top-level variables turns it
+    /// off, and rust-analyzer is then loaded only for completions and hover.
+    pub fn set_variable_analysis(&mut self, enabled: bool) {
+        self.analyze_variables = enabled;
     }
 
     pub(crate) fn write_cargo_toml(&self, state: &ContextState) -> Result<()> {
@@ -1379,6 +1415,11 @@ impl ContextState {
         }
         value.clone_into(&mut self.config.toolchain);
         Ok(())
+    }
+
+    /// rustloop patch: see [`DirectBuild`].
+    pub fn set_direct_build(&mut self, hook: std::sync::Arc<dyn DirectBuild>) {
+        self.config.direct_build = Some(DirectBuildHook(hook));
     }
 
     pub fn set_build_env(&mut self, key: &str, value: &str) {

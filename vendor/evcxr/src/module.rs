@@ -198,7 +198,14 @@ impl Module {
             Err(error) => return Err(error.into()),
         }
 
-        let cargo_output = run_cargo(command, code_block)?;
+        let direct = config
+            .direct_build
+            .as_ref()
+            .and_then(|hook| hook.0.build(&config.crate_dir()));
+        let cargo_output = match direct {
+            Some(output) => check_build_output(output?, code_block)?,
+            None => run_cargo(command, code_block)?,
+        };
         if config.time_passes {
             let output = String::from_utf8_lossy(&cargo_output.stderr);
             eprintln!("{output}");
@@ -556,6 +563,14 @@ fn run_cargo(
         stdout: all_output,
         stderr: all_errors,
     };
+    check_build_output(cargo_output, code_block)
+}
+
+/// The output of a build if it succeeded, else the errors it reports.
+fn check_build_output(
+    cargo_output: std::process::Output,
+    code_block: &CodeBlock,
+) -> Result<std::process::Output, Error> {
     if cargo_output.status.success() {
         Ok(cargo_output)
     } else {

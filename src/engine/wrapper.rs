@@ -1,0 +1,317 @@
+//! How cells are compiled: rustloop as cargo's `RUSTC_WRAPPER`, and the direct build that
+//! skips cargo when only the cell's source changed.
+//!
+//! For a cell crate (`ctx`, evcxr's; `rustloop_fast`, the fast lane's) the build
+//! ([`compile_cell`]) tees rustc's JSON diagnostics into the warnings file (`warnings.rs`),
+//! saves the job the variable store's type probe re-checks, and for `ctx` replaces cargo's
+//! `-C metadata` with the type generation (`store/generation.rs`). The runtime crate gets the
+//! flag that turns on its per-task output capture (`runtime/src/origin.rs`). Other crates go
+//! to rustc untouched.
+//!
+//! Once cargo has built `ctx`, the wrapper saves the exact rustc command ([`BuildJob`]). For
+//! the next cells evcxr asks [`Direct`] first (vendor/evcxr/RUSTLOOP-PATCH.md), which runs that
+//! command itself while the crate's manifest, lock file and cargo config are unchanged: the
+//! cell's source is the only input that changed, so cargo's work (fingerprinting every
+//! dependency, starting this wrapper) would decide nothing. A `:` command, a `:dep`, a changed
+//! manifest or a missing job sends the build back through cargo, which saves a new job.
+
+use super::store::{TypeGeneration, save_job, types_file};
+use super::warnings::keep_warnings;
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// Set in cargo's environment to make this binary act as the rustc wrapper.
+pub const WRAPPER_ENV: &str = "RUSTLOOP_RUSTC_WRAPPER";
+/// Where the wrapper appends kept diagnostics (JSON lines).
+pub const WARNINGS_FILE_ENV: &str = "RUSTLOOP_WARNINGS_FILE";
+
+fn crate_name(args: &[OsString]) -> Option<&OsString> {
+    args.windows(2)
+        .find(|w| w[0] == "--crate-name")
+        .map(|w| &w[1])
+}
+
+/// If cargo started this process as the rustc wrapper, runs rustc and never returns.
+pub fn run_if_rustc_wrapper() {
+    if std::env::var_os(WRAPPER_ENV).is_none() {
+        return;
+    }
+    let mut args = std::env::args_os().skip(1);
+    let Some(rustc) = args.next() else {
+        eprintln!("rustloop: rustc wrapper called without a compiler");
+        std::process::exit(2);
+    };
+    let args: Vec<OsString> = args.collect();
+    let name = crate_name(&args).cloned();
+    let is_cell = name
+        .as_ref()
+        .is_some_and(|n| n == "ctx" || n == "rustloop_fast");
+    let file = std::env::var_os(WARNINGS_FILE_ENV).map(PathBuf::from);
+    let (true, Some(file)) = (is_cell, file) else {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(&rustc);
+        command.args(&args);
+        if name.is_some_and(|n| n == "rustloop") {
+            // The runtime crate captures each task's printed text per poll (see
+            // `runtime/src/origin.rs`), which needs std's unstable output capture.
+            command
+                .args(["--cfg", "rustloop_capture"])
+                .env("RUSTC_BOOTSTRAP", "1");
+        }
+        let error = command.exec();
+        eprintln!("rustloop: cannot run {}: {error}", rustc.to_string_lossy());
+        std::process::exit(2);
+    };
+    let mut command = Command::new(&rustc);
+    command.stdin(Stdio::inherit()).stdout(Stdio::inherit());
+    let output = match compile_cell(command, &args, &file, |_| {}) {
+        Ok(output) => output,
+        Err(e) => {
+            eprintln!("rustloop: cannot run {}: {e}", rustc.to_string_lossy());
+            std::process::exit(2);
+        }
+    };
+    let _ = std::io::stderr().write_all(&output.stderr);
+    if output.status.success()
+        && crate_name(&args).is_some_and(|n| n == "ctx")
+        && let Ok(cwd) = std::env::current_dir()
+    {
+        BuildJob::save(Path::new(&rustc), &args, &cwd, &file);
+    }
+    std::process::exit(output.status.code().unwrap_or(1));
+}
+
+/// Runs `rustc` (a command with the compiler as its program) on a cell crate with cargo's
+/// `args`, doing what rustloop adds to a cell build; `started` gets rustc's process id. rustc's
+/// stderr is returned, not shown.
+pub fn compile_cell(
+    mut rustc: Command,
+    args: &[OsString],
+    warnings_file: &Path,
+    started: impl FnOnce(u32),
+) -> Result<Output> {
+    let mut args = args.to_vec();
+    let is_lib = |a: &OsString| a.to_string_lossy().ends_with("src/lib.rs");
+    // The source as rustc sees it (relative to its working directory) and as we read it.
+    let source = args
+        .iter()
+        .find(|a| is_lib(a))
+        .map(|a| rustc_relative(&rustc, Path::new(a)));
+    let mut type_state = None;
+    if let Some(source) = &source
+        && crate_name(&args).is_some_and(|n| n == "ctx")
+        && let Ok(text) = std::fs::read_to_string(source)
+    {
+        let types = TypeGeneration::new(&text, types_file(warnings_file));
+        // Cargo's own metadata hashes the dependencies too, so a `:dep` would change every
+        // `TypeId` of the crate and kept values of its types could no longer be read.
+        args = without_metadata(args);
+        args.push("-C".into());
+        args.push(format!("metadata=rustloop-types-{}", types.generation).into());
+        type_state = Some(types);
+    }
+    let child = rustc.args(&args).stderr(Stdio::piped()).spawn()?;
+    started(child.id());
+    let output = child.wait_with_output()?;
+    keep_warnings(&output.stderr, warnings_file);
+    if output.status.success() {
+        if let Some(source) = &source {
+            // The probe re-checks a copy of the source, from its own working directory.
+            let probe_args: Vec<OsString> = args
+                .iter()
+                .map(|a| {
+                    if is_lib(a) {
+                        source.clone().into()
+                    } else {
+                        a.clone()
+                    }
+                })
+                .collect();
+            save_job(
+                Path::new(rustc.get_program()),
+                &probe_args,
+                source,
+                warnings_file,
+            );
+        }
+        // Only definitions that compiled count (a cell that does not compile is discarded).
+        if let Some(types) = type_state {
+            types.commit();
+        }
+    }
+    Ok(output)
+}
+
+type Result<T> = std::io::Result<T>;
+
+/// `path` as the command sees it (relative paths are relative to its working directory).
+fn rustc_relative(command: &Command, path: &Path) -> PathBuf {
+    match command.get_current_dir() {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.to_owned(),
+    }
+}
+
+/// `args` without `-C metadata=...`.
+fn without_metadata(args: Vec<OsString>) -> Vec<OsString> {
+    without_codegen_option(args, "metadata=")
+}
+
+/// `args` without the `-C <prefix>...` options.
+fn without_codegen_option(args: Vec<OsString>, prefix: &str) -> Vec<OsString> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut iter = args.into_iter().peekable();
+    while let Some(arg) = iter.next() {
+        if arg == "-C"
+            && iter
+                .peek()
+                .is_some_and(|next| next.to_string_lossy().starts_with(prefix))
+        {
+            iter.next();
+            continue;
+        }
+        if arg.to_string_lossy().starts_with(&format!("-C{prefix}")) {
+            continue;
+        }
+        out.push(arg);
+    }
+    out
+}
+
+/// The rustc command cargo ran for the cell crate, and what it depended on.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct BuildJob {
+    rustc: PathBuf,
+    args: Vec<String>,
+    /// cargo's `CARGO_*` variables (for `env!` in cells).
+    env: Vec<(String, String)>,
+    cwd: PathBuf,
+    inputs: String,
+}
+
+fn job_file(warnings_file: &Path) -> PathBuf {
+    warnings_file.with_file_name(".rustloop-build-job.json")
+}
+
+/// What the job depends on besides the cell's source: the manifest, the lock file and cargo's
+/// configuration in the crate directory.
+fn inputs(crate_dir: &Path) -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    for name in ["Cargo.toml", "Cargo.lock", ".cargo/config.toml"] {
+        hasher.update(name.as_bytes());
+        hasher.update(std::fs::read(crate_dir.join(name)).unwrap_or_default());
+    }
+    hex::encode(hasher.finalize())
+}
+
+impl BuildJob {
+    fn save(rustc: &Path, args: &[OsString], cwd: &Path, warnings_file: &Path) {
+        let Some(args) = args
+            .iter()
+            .map(|a| a.to_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+        else {
+            return;
+        };
+        let job = BuildJob {
+            rustc: rustc.to_owned(),
+            // The output keeps the name cargo gives it after the build (`libctx.so`).
+            args: without_codegen_option(
+                args.into_iter().map(OsString::from).collect(),
+                "extra-filename=",
+            )
+            .into_iter()
+            .filter_map(|a| a.into_string().ok())
+            .collect(),
+            env: std::env::vars()
+                .filter(|(k, _)| k.starts_with("CARGO") && k != "CARGO_MAKEFLAGS")
+                .collect(),
+            cwd: cwd.to_owned(),
+            inputs: inputs(cwd),
+        };
+        if let Ok(text) = serde_json::to_string(&job) {
+            let _ = std::fs::write(job_file(warnings_file), text);
+        }
+    }
+
+    /// Forgets the job: the next cell goes through cargo.
+    pub fn forget(warnings_file: &Path) {
+        let _ = std::fs::remove_file(job_file(warnings_file));
+    }
+
+    fn load(warnings_file: &Path) -> Option<BuildJob> {
+        serde_json::from_str(&std::fs::read_to_string(job_file(warnings_file)).ok()?).ok()
+    }
+
+    /// The shared object rustc writes.
+    fn output(&self) -> Option<PathBuf> {
+        let dir = self.args.windows(2).find(|w| w[0] == "--out-dir")?[1].clone();
+        Some(self.cwd.join(dir).join("libctx.so"))
+    }
+}
+
+/// Builds evcxr's cell crate with the saved job when nothing but its source changed.
+pub struct Direct {
+    pub warnings_file: PathBuf,
+}
+
+impl evcxr::DirectBuild for Direct {
+    fn build(&self, crate_dir: &Path) -> Option<Result<Output>> {
+        let Some(job) = BuildJob::load(&self.warnings_file) else {
+            tracing::debug!("cell build through cargo: no saved rustc job");
+            return None;
+        };
+        let same_dir =
+            std::fs::canonicalize(&job.cwd).ok() == std::fs::canonicalize(crate_dir).ok();
+        if !same_dir || job.inputs != inputs(crate_dir) {
+            tracing::debug!("cell build through cargo: the manifest, lock or config changed");
+            return None;
+        }
+        let so = job.output()?;
+        let started = std::time::Instant::now();
+        let output = self.run(&job, &so);
+        tracing::info!(
+            "cell built by rustc without cargo in {:?}",
+            started.elapsed()
+        );
+        Some(output)
+    }
+}
+
+impl Direct {
+    fn run(&self, job: &BuildJob, so: &Path) -> Result<Output> {
+        use std::os::unix::process::CommandExt;
+        let mut rustc = Command::new(&job.rustc);
+        rustc
+            .current_dir(&job.cwd)
+            .envs(job.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            // Its own process group, which dies with the kernel (like cargo's builds).
+            .process_group(0);
+        let args: Vec<OsString> = job.args.iter().map(OsString::from).collect();
+        let mut output = compile_cell(rustc, &args, &self.warnings_file, |pid| {
+            crate::watchdog::adopt_group(pid)
+        })?;
+        // What cargo would pass on: diagnostics (not rustc's artifact notices) on stderr, the
+        // shared object in a `compiler-artifact` message on stdout.
+        output.stderr = String::from_utf8_lossy(&output.stderr)
+            .lines()
+            .filter(|l| !l.starts_with(r#"{"$message_type":"artifact""#))
+            .flat_map(|l| [l, "\n"])
+            .collect::<String>()
+            .into_bytes();
+        if output.status.success() {
+            let artifact = serde_json::json!({
+                "reason": "compiler-artifact",
+                "target": {"name": "ctx"},
+                "filenames": [so],
+            });
+            output.stdout = format!("{artifact}\n").into_bytes();
+        }
+        Ok(output)
+    }
+}
