@@ -15,7 +15,6 @@ fresh kernel waits for the evaluator's warm-up, and Lab drops slower answers wit
 
 import json
 import os
-import sys
 import re
 import shutil
 import socket
@@ -50,7 +49,7 @@ TIMINGS = []
 
 
 @pytest.fixture(scope="module", autouse=True)
-def report_timings():
+def report_timings(request):
     started = time.monotonic()
     yield
     total = time.monotonic() - started
@@ -58,8 +57,11 @@ def report_timings():
     lines.append(f"{total:8.1f} s  browser tests in total (test_browser.py)")
     (SHOTS / "timings.txt").write_text("\n".join(lines) + "\n")
     # Past pytest's capture: the CI log shows what the browser tests cost.
-    sys.__stdout__.write("\n" + "\n".join(lines) + "\n")
-    sys.__stdout__.flush()
+    terminal = request.config.pluginmanager.getplugin("terminalreporter")
+    if terminal is not None:
+        terminal.write_line("")
+        for line in lines:
+            terminal.write_line(line)
 
 
 def free_port():
