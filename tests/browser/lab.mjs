@@ -387,6 +387,44 @@ const scenarios = {
     const states = await page.evaluate(() => window.__states);
     return { states, shown: await cells(page) };
   },
+
+  /**
+   * Runs the first cell (it shows a slider, a button and a label) and the second (a task
+   * waiting for the button's first click), then through the page: focuses the slider's handle
+   * and presses End, clicks the button named `button`, waits until a label in the first cell's
+   * output reads `label`. Then runs the remaining cells. The slider's readout before and after,
+   * and each cell's prompt and outputs.
+   */
+  async widgets(page) {
+    await open(page, args.notebook);
+    await runCell(page, 0);
+    const out = cellAt(page, 0).locator('.jp-Cell-outputWrapper');
+    const handle = out.locator('.widget-slider .noUi-handle');
+    await handle.waitFor({ timeout: UI_TIMEOUT });
+    const readout = out.locator('.widget-slider .widget-readout');
+    const readoutBefore = (await readout.innerText()).trim();
+    await runCell(page, 1);
+    await handle.focus();
+    await page.keyboard.press('End');
+    await page.waitForFunction(
+      ([sel, b]) => (document.querySelectorAll(sel)[0]
+        ?.querySelector('.widget-slider .widget-readout')?.textContent || '').trim() !== b,
+      [CELLS, readoutBefore],
+      { timeout: UI_TIMEOUT, polling: 50 },
+    );
+    const readoutAfter = (await readout.innerText()).trim();
+    await out.locator(`button.jupyter-button:text-is("${args.button}")`).click();
+    // The label changes only when the kernel's task saw the click and set its value.
+    await page.waitForFunction(
+      ([sel, t]) => [...(document.querySelectorAll(sel)[0]?.querySelectorAll('.widget-label') || [])]
+        .some((l) => l.textContent.trim() === t),
+      [CELLS, args.label],
+      { timeout: UI_TIMEOUT, polling: 50 },
+    );
+    const count = await page.locator(CELLS).count();
+    for (let i = 2; i < count; i++) await runCell(page, i);
+    return { readoutBefore, readoutAfter, shown: await cells(page) };
+  },
 };
 
 const { context, userDataDir } = await launch();

@@ -354,3 +354,29 @@ def test_late_task_output_under_its_own_cell(lab):
     shown = seen["shown"]
     assert "late from A" in "".join(shown[0]["outputs"]), shown
     assert shown[1]["outputs"] == ["4"], shown
+
+
+@pytest.mark.timeout(900)
+def test_widgets_slider_and_button_reach_the_kernel(lab):
+    """Issue 12: the page moves a rustloop::widgets slider (its handle focused, End pressed)
+    and clicks a button; a task waiting for the click sets a label, which the page then shows
+    (kernel to front end), and the next cell reads the slider's new value (front end to
+    kernel)."""
+    name = lab.notebook("widgets.ipynb", [
+        "use rustloop::widgets::*;\n"
+        'let speed = IntSlider::new(3, 0, 10).description("speed");\n'
+        'let go = Button::new("Go");\n'
+        'let clicked = Label::new("not clicked");\n'
+        "let panel = HBox::new(&[&speed, &go, &clicked]);\n"
+        "panel",
+        "let mut clicks = go.clicks();\n"
+        "let waiter = { let c = clicked.clone(); tokio::spawn(async move {\n"
+        '    clicks.next().await;\n    c.set_value("clicked");\n}) };',
+        'format!("speed={} {}", speed.value(), clicked.value())',
+    ])
+    seen = lab.run("widgets", name, button="Go", label="clicked")
+    assert seen["readoutBefore"] == "3", seen
+    assert seen["readoutAfter"] == "10", seen
+    shown = seen["shown"]
+    assert [c["prompt"] for c in shown] == ["[1]:", "[2]:", "[3]:"], shown
+    assert shown[2]["outputs"] == ['"speed=10 clicked"'], shown
