@@ -7,6 +7,7 @@ The binary comes from $RUSTLOOP_BIN, else from the cargo target directory
 
 import os
 import queue
+import socket
 import subprocess
 import tempfile
 import time
@@ -103,6 +104,13 @@ class Kernel:
     def shutdown(self):
         self.kc.stop_channels()
         self.km.shutdown_kernel(now=False)
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def stdout_of(outputs):

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from conftest import KERNEL_NAME, REPO
+from conftest import KERNEL_NAME, REPO, free_port
 
 NODE_DIR = Path(os.environ.get("RUSTLOOP_NODE_DIR", Path.home() / ".cache/rustloop/node"))
 SCRIPT = REPO / "tests/browser/lab.mjs"
@@ -60,12 +59,6 @@ def report_timings(request):
     capture = request.config.pluginmanager.getplugin("capturemanager")
     with capture.global_and_fixture_disabled():
         print("\n" + "\n".join(lines), flush=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

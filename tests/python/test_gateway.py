@@ -20,14 +20,8 @@ from pathlib import Path
 import pytest
 import websocket
 
-from conftest import CELL_TIMEOUT, FIRST_CELL_TIMEOUT, KERNEL_NAME, rustloop_bin
+from conftest import CELL_TIMEOUT, FIRST_CELL_TIMEOUT, KERNEL_NAME, free_port, rustloop_bin
 from test_hostile import processes, session_of, wait_for
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Gateway:
