@@ -270,11 +270,11 @@ def main():
     if args.only in (None, "kinds"):
         by_kind(args.runs, evcxr)
     if args.only in (None, "responsive"):
-        kernels = [("rustloop", "rustloop", responsive.RUST)]
+        kernels = [("rustloop", "rustloop", responsive.RUST, None)]
         if evcxr:
-            kernels.append(("evcxr_jupyter", evcxr, responsive.RUST))
+            kernels.append(("evcxr_jupyter", evcxr, responsive.RUST, EVCXR_TOKIO))
         if ipykernel_spec():
-            kernels.append(("ipykernel", "python3", responsive.PYTHON))
+            kernels.append(("ipykernel", "python3", responsive.PYTHON, None))
         responsive.table(Session, kernels)
     if args.only in ("kinds", "responsive"):
         return

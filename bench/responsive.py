@@ -92,19 +92,31 @@ def timed(session, kind, code, timeout=60):
     return seconds, summary
 
 
-def measure(session_class, name, lang):
-    """Figures for one kernel: {figure: (value, note)}."""
+def measure(session_class, name, lang, setup=None):
+    """Figures for one kernel: {figure: (value, note)}. `setup`: a first cell some kernels
+    need (evcxr_jupyter's `:dep tokio`)."""
     out = {}
+    # Idle memory before any completion or inspection (rust-analyzer loads on the first one).
     s = session_class(name)
     s.kernel_info()
+    if setup:
+        s.run(setup)
+    s.run(lang["first"])
+    time.sleep(20)
+    kernel, child = memory(s)
+    out["RSS idle, kernel"] = (kernel, "20 s after a first cell, no completion yet")
+    out["RSS idle, children"] = (child, "")
+    s.close()
+
+    s = session_class(name)
+    s.kernel_info()
+    if setup:
+        s.run(setup)
     for kind in ("complete", "inspect"):
         out[f"{kind}: right after start"] = timed(s, kind, lang[kind])
     s.run(lang["first"])
     out["complete: right after a cell"] = timed(s, "complete", lang["complete"])
     time.sleep(20)
-    kernel, child = memory(s)
-    out["RSS idle, kernel"] = (kernel, "20 s after a first cell, no completion yet")
-    out["RSS idle, children"] = (child, "")
     for kind in ("complete", "inspect"):
         # Warm: the analysis had time to load.
         times = []
@@ -127,9 +139,12 @@ def measure(session_class, name, lang):
 
 
 def table(session_class, kernels):
-    """Runs `measure` for [(label, kernel name, lang)] and prints one table."""
-    results = {label: measure(session_class, name, lang) for label, name, lang in kernels}
-    labels = [label for label, _, _ in kernels]
+    """Runs `measure` for [(label, kernel name, lang, setup cell)] and prints one table."""
+    results = {
+        label: measure(session_class, name, lang, setup)
+        for label, name, lang, setup in kernels
+    }
+    labels = [label for label, _, _, _ in kernels]
     figures = list(next(iter(results.values())).keys())
     print("\nresponsiveness and memory (completion: `tokio::time::sl`, inspect: `tokio::spawn`;"
           " Python: asyncio.sl / asyncio.create_task)")
@@ -143,5 +158,5 @@ def table(session_class, kernels):
         print(f"{figure:<38}" + "".join(f"{c:>16}" for c in cells))
     print("replies:")
     for label in labels:
-        notes = [f"{f}: {n}" for f, (_, n) in results[label].items() if n and "matches" in n]
+        notes = [f"{f}: {n}" for f, (_, n) in results[label].items() if n and "match" in n]
         print(f"  {label}: " + "; ".join(notes))
