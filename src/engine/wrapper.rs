@@ -112,6 +112,7 @@ pub fn compile_cell(
         args.push(format!("metadata=rustloop-types-{}", types.generation).into());
         type_state = Some(types);
     }
+    let args = cell_codegen(args);
     let child = rustc.args(&args).stderr(Stdio::piped()).spawn()?;
     started(child.id());
     let output = child.wait_with_output()?;
@@ -152,6 +153,18 @@ fn rustc_relative(command: &Command, path: &Path) -> PathBuf {
         Some(dir) if path.is_relative() => dir.join(path),
         _ => path.to_owned(),
     }
+}
+
+/// A cell crate's codegen: one codegen unit, no incremental state. The profile's 16 units and
+/// incremental compilation suit tokio (built once, in parallel); a cell is a few dozen functions,
+/// where each extra unit is one more LLVM module and object file to set up, emit and link, and
+/// the incremental state is written for a source the next cell replaces. Measured on a warm
+/// `let` cell (rustc alone, medians of 21): 183 ms as cargo builds it, 154 ms with these two.
+fn cell_codegen(args: Vec<OsString>) -> Vec<OsString> {
+    let mut args = without_codegen_option(args, "codegen-units=");
+    args = without_codegen_option(args, "incremental=");
+    args.push("-Ccodegen-units=1".into());
+    args
 }
 
 /// `args` without `-C metadata=...`.
