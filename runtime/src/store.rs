@@ -43,18 +43,29 @@ fn with<R>(f: impl FnOnce(&mut HashMap<String, Entry>) -> R) -> R {
 }
 
 /// Keeps `value` under `name`, replacing what was there.
+///
+/// Every cell that keeps a variable compiles its own copy of this function, so it only boxes
+/// the value; the store's work is in [`keep_erased`], compiled once in this library.
 #[doc(hidden)]
+#[inline]
 pub fn keep<T: 'static>(name: &str, value: T, boxer: Option<Boxer>) {
-    let old = with(|s| {
-        s.insert(
-            name.to_owned(),
-            Entry {
-                value: Box::new(value),
-                boxer,
-                layout: std::alloc::Layout::new::<T>(),
-            },
-        )
-    });
+    keep_erased(name, Box::new(value), boxer, std::alloc::Layout::new::<T>());
+}
+
+#[doc(hidden)]
+#[inline(never)]
+pub fn keep_erased(
+    name: &str,
+    value: Box<dyn Any>,
+    boxer: Option<Boxer>,
+    layout: std::alloc::Layout,
+) {
+    let entry = Entry {
+        value,
+        boxer,
+        layout,
+    };
+    let old = with(|s| s.insert(name.to_owned(), entry));
     // Dropped outside the lock: a value's destructor may run arbitrary code.
     drop(old);
 }
@@ -65,20 +76,39 @@ pub fn keep<T: 'static>(name: &str, value: T, boxer: Option<Boxer>) {
 /// If there is none, or it is not a `T`: its type was redefined since it was kept. The value is
 /// then dropped (never read as the new type) and the panic says so.
 #[doc(hidden)]
+#[inline]
 pub fn take<T: 'static>(name: &str) -> T {
-    let entry = with(|s| s.remove(name))
-        .unwrap_or_else(|| panic!("rustloop: the variable `{name}` is no longer kept"));
-    match entry.value.downcast::<T>() {
+    match take_erased(name).downcast::<T>() {
         Ok(value) => *value,
-        Err(value) => {
-            drop(value);
-            panic!(
-                "{REDEFINED_PREFIX}`{name}` was dropped: its type `{}` was redefined since the \
-                 value was made, and rustloop never reads a value as another type",
-                std::any::type_name::<T>()
-            )
-        }
+        Err(value) => redefined(name, value, std::any::type_name::<T>()),
     }
+}
+
+/// Removes the value kept under `name`.
+///
+/// # Panics
+/// If there is none.
+#[doc(hidden)]
+#[inline(never)]
+pub fn take_erased(name: &str) -> Box<dyn Any> {
+    take_entry(name).value
+}
+
+fn take_entry(name: &str) -> Entry {
+    with(|s| s.remove(name))
+        .unwrap_or_else(|| panic!("rustloop: the variable `{name}` is no longer kept"))
+}
+
+/// Drops a value taken out under the wrong type and says why (see [`take`]).
+#[doc(hidden)]
+#[inline(never)]
+#[cold]
+pub fn redefined(name: &str, value: Box<dyn Any>, type_name: &str) -> ! {
+    drop(value);
+    panic!(
+        "{REDEFINED_PREFIX}`{name}` was dropped: its type `{type_name}` was redefined since the \
+         value was made, and rustloop never reads a value as another type"
+    )
 }
 
 /// How the panic of [`take`] for a redefined type starts (the engine forgets the variable).
@@ -128,8 +158,7 @@ pub unsafe fn take_retagged<T: 'static>(name: &str, boxed: bool) -> T {
     if boxed {
         box_in_place(name);
     }
-    let entry = with(|s| s.remove(name))
-        .unwrap_or_else(|| panic!("rustloop: the variable `{name}` is no longer kept"));
+    let entry = take_entry(name);
     if entry.value.is::<T>() {
         return *entry.value.downcast::<T>().expect("checked");
     }
@@ -140,6 +169,89 @@ pub unsafe fn take_retagged<T: 'static>(name: &str, boxed: bool) -> T {
     // SAFETY: the caller guarantees the value is a `T` under an older `TypeId`; the layout is
     // the same, so the allocation is freed with the layout it was made with.
     unsafe { *Box::from_raw(Box::into_raw(entry.value) as *mut T) }
+}
+
+/// Ends a cell whose statements panicked (the panic was caught in the cell, after which the
+/// variables it had loaded were kept again): drops the payload and tells evcxr, which
+/// reports the panic the runtime's hook recorded.
+#[doc(hidden)]
+#[inline(never)]
+pub fn panicked(payload: Box<dyn Any + Send>) {
+    drop(payload);
+    println!("EVCXR_PANIC_NOTIFICATION");
+}
+
+/// How a cell will take a kept variable: as its own type, as its trait-object form (after
+/// [`take_boxed`]'s boxing), or retagged ([`take_retagged`]).
+#[doc(hidden)]
+pub struct Load {
+    id: std::any::TypeId,
+    layout: std::alloc::Layout,
+    type_name: &'static str,
+    boxed: bool,
+    retagged: bool,
+}
+
+impl Load {
+    #[doc(hidden)]
+    pub fn own<T: 'static>() -> Load {
+        Load::new::<T>(false, false)
+    }
+    #[doc(hidden)]
+    pub fn boxed<B: 'static>() -> Load {
+        Load::new::<B>(true, false)
+    }
+    #[doc(hidden)]
+    pub fn retagged<T: 'static>(boxed: bool) -> Load {
+        Load::new::<T>(boxed, true)
+    }
+    fn new<T: 'static>(boxed: bool, retagged: bool) -> Load {
+        Load {
+            id: std::any::TypeId::of::<T>(),
+            layout: std::alloc::Layout::new::<T>(),
+            type_name: std::any::type_name::<T>(),
+            boxed,
+            retagged,
+        }
+    }
+}
+
+/// Checks, before a cell takes anything, that each of its loads will succeed: then no take
+/// panics, which matters because the takes run outside the cell's `catch_unwind` (so that the
+/// values outlive a panic of the cell's statements). When one would fail, nothing is taken, the
+/// failing value is dropped (never read as another type) and the panic is reported as it would
+/// have been by the take: through the panic hook and evcxr's panic line. The cell then skips
+/// its statements.
+#[doc(hidden)]
+#[inline(never)]
+pub fn loadable(loads: &[(&str, Load)]) -> bool {
+    let failure = loads.iter().find_map(|(name, load)| {
+        if load.boxed {
+            box_in_place(name);
+        }
+        let failure = with(|s| match s.get(*name) {
+            None => Some(format!("rustloop: the variable `{name}` is no longer kept")),
+            Some(entry) if (*entry.value).type_id() == load.id => None,
+            Some(entry) if load.retagged && entry.layout == load.layout => None,
+            Some(_) if load.retagged => Some(format!(
+                "{REDEFINED_PREFIX}`{name}` was dropped: its layout changed since it was made"
+            )),
+            Some(_) => Some(format!(
+                "{REDEFINED_PREFIX}`{name}` was dropped: its type `{}` was redefined since the \
+                 value was made, and rustloop never reads a value as another type",
+                load.type_name
+            )),
+        })?;
+        forget(&[name]);
+        Some(failure)
+    });
+    let Some(message) = failure else {
+        return true;
+    };
+    // Raised and caught here, so that the hook reports it like any panic of a cell.
+    let _ = std::panic::catch_unwind(|| std::panic::panic_any(message));
+    println!("EVCXR_PANIC_NOTIFICATION");
+    false
 }
 
 /// Forgets the variables named (dropping their values), e.g. when their type was redefined.

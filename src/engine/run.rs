@@ -49,6 +49,13 @@ impl CellRun<'_> {
     }
 }
 
+/// Where a cell's panic is caught: a planned cell catches it itself (`store/plan.rs`), around
+/// its statements and inside the loaded variables; any other code evcxr compiles inside its
+/// own `catch_unwind`.
+fn catch_panics_in(context: &mut CommandContext, plan: &Option<Plan>) {
+    context.set_preserve_vars_on_panic(plan.is_none());
+}
+
 /// How many times a cell is compiled again without keeps that did not compile.
 const KEEP_RETRIES: usize = 3;
 
@@ -77,6 +84,7 @@ pub fn run_cell(cell_run: &CellRun, context: &mut CommandContext, execute: Execu
         let (plan, mut error) = loop {
             let plan = cell_run.plan(&prepared, &skip, false);
             let code = plan.as_ref().map_or(&prepared, |p| &p.prepared);
+            catch_panics_in(context, &plan);
             let mut compile_errors = Vec::new();
             let error = evaluate(cell_run, context, code, &execute, &mut compile_errors);
             if let Some(plan) = &plan
@@ -109,6 +117,7 @@ pub fn run_cell(cell_run: &CellRun, context: &mut CommandContext, execute: Execu
             });
             begin();
             let code = plan.as_ref().map_or(&prepared, |p| &p.prepared);
+            catch_panics_in(context, &plan);
             error = evaluate(cell_run, context, code, &execute, &mut Vec::new());
         }
         if let Some(plan) = &plan {
@@ -362,9 +371,9 @@ fn user_expressions(
     let mut results = Map::new();
     for (name, expression) in &execute.user_expressions {
         let prepared = cell::prepare(expression);
-        let prepared = cell_run
-            .plan(&prepared, &BTreeMap::new(), false)
-            .map_or(prepared, |plan| plan.prepared);
+        let plan = cell_run.plan(&prepared, &BTreeMap::new(), false);
+        catch_panics_in(context, &plan);
+        let prepared = plan.map_or(prepared, |plan| plan.prepared);
         {
             let mut state = router.state.lock().unwrap();
             *state = CellState {

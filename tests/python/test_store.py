@@ -111,6 +111,20 @@ def test_panic_keeps_earlier_variables_the_cell_used(k):
     assert value(k, "kept_vec.len()") == "2"
 
 
+def test_a_value_gone_from_the_store_is_reported_and_nothing_else_is_taken(k):
+    # The loads of a cell run outside its catch_unwind: they are checked first, so a variable
+    # missing from the evaluation process's store (here removed behind the kernel's back)
+    # is a panic of this cell, not a dead process, and the other variable survives.
+    ok(k, "let gone_a = 1u8;\nlet gone_b = vec![7u8];")
+    ok(k, 'rustloop::__store::forget(&["gone_a"]);')
+    content, outputs = error_of(k, "gone_b.push(gone_a);")
+    assert content["ename"] == "panic", (content, outputs)
+    assert "`gone_a` is no longer kept" in content["evalue"], content
+    assert value(k, "gone_b.len()") == "1"
+    content, _ = error_of(k, "gone_a")
+    assert "gone_a" in content["evalue"], content
+
+
 def test_question_mark_at_top_level(k):
     assert value(k, 'let parsed: u8 = "7".parse()?;\nparsed + 1') == "8"
     content, outputs = error_of(k, 'let bad: u8 = "x".parse()?;')

@@ -13,10 +13,11 @@
 //!         keep("y", y, boxer_of(&y));                   // this cell's top-level `let`s
 //!     });
 //!     keep("x", x, ..);                                 // unless the cell moved it
-//!     if let Err(p) = run { resume_unwind(p) }
+//!     if let Err(p) = run { panicked(p) }               // tells evcxr (fast lane: resume_unwind)
 //! };
 //! ```
-//! so evcxr sees no top-level `let` and never guesses a type. Loaded variables stay outside the
+//! so evcxr sees no top-level `let` and never guesses a type, and needs no `catch_unwind` of
+//! its own around the cell. Loaded variables stay outside the
 //! unwind boundary: a panic or an interrupt keeps them unless the cell moved them. A keep that
 //! does not compile (a borrow of a local, a moved value) is dropped and the cell compiled again
 //! ([`Variables::keep_failures`]); the cell then says which variables end with it.

@@ -55,6 +55,9 @@ impl Variables {
         let mut unusable = Vec::new();
         let mut dropped = Vec::new();
         let mut load_lines = String::new();
+        // What the loads need, checked before any of them runs (they are outside the cell's
+        // `catch_unwind`; see `loadable` in runtime/src/store.rs).
+        let mut checks = Vec::new();
         for name in outline.mentioned.iter() {
             let Some(variable) = self.kept.get(name) else {
                 continue;
@@ -68,7 +71,13 @@ impl Variables {
                 }
             };
             let call = if variable.epoch == epoch {
-                let take = if boxed { "take_boxed" } else { "take" };
+                let (take, load) = match boxed {
+                    true => ("take_boxed", "boxed"),
+                    false => ("take", "own"),
+                };
+                checks.push(format!(
+                    "(\"{name}\", rustloop::__store::Load::{load}::<{ty}>())"
+                ));
                 format!("rustloop::__store::{take}::<{ty}>(\"{name}\")")
             } else {
                 let changed = definitions.changed_since(variable.epoch, &redefined);
@@ -76,6 +85,9 @@ impl Variables {
                     dropped.push((name.clone(), variable.cell.clone(), what.clone()));
                     continue;
                 }
+                checks.push(format!(
+                    "(\"{name}\", rustloop::__store::Load::retagged::<{ty}>({boxed}))"
+                ));
                 // SAFETY (of the generated call): no definition the type involves changed.
                 format!(
                     "unsafe {{ rustloop::__store::take_retagged::<{ty}>(\"{name}\", {boxed}) }}"
@@ -85,6 +97,15 @@ impl Variables {
                 "#[allow(unused_mut, unused_variables)] let mut {name} = {call};\n"
             ));
             loads.push(name.clone());
+        }
+        if !checks.is_empty() {
+            load_lines.insert_str(
+                0,
+                &format!(
+                    "if rustloop::__store::loadable(&[{}]) {{\n",
+                    checks.join(", ")
+                ),
+            );
         }
         if !dropped.is_empty() {
             let names: Vec<String> = dropped.iter().map(|(n, _, _)| format!("{n:?}")).collect();
@@ -156,7 +177,18 @@ impl Variables {
                 tail.push_str(&keep(name));
             }
         }
-        tail.push_str("if let Err(p) = __rustloop_run { ::std::panic::resume_unwind(p) }\n};\n");
+        tail.push_str(if lane {
+            // The fast lane's crate catches the panic again around the whole cell.
+            "if let Err(p) = __rustloop_run { ::std::panic::resume_unwind(p) }\n"
+        } else {
+            // The only catch in evcxr's crate: evcxr compiles planned cells without its own
+            // (`run.rs`), which saves each cell a second `catch_unwind` and a `println!`.
+            "if let Err(p) = __rustloop_run { rustloop::__store::panicked(p) }\n"
+        });
+        if !checks.is_empty() {
+            tail.push_str("}\n");
+        }
+        tail.push_str("};\n");
         parts.push(Part::Text(tail.clone()));
         body.push_str(&statements);
         body.push_str(&tail);

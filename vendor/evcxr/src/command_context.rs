@@ -217,6 +217,11 @@ Panic detected. Here's some useful information if you're filing a bug report.
         self.eval_context.set_opt_level(level)
     }
 
+    /// rustloop patch: sets what `:preserve_vars_on_panic` sets, without a cell.
+    pub fn set_preserve_vars_on_panic(&mut self, value: bool) {
+        self.eval_context.set_preserve_vars_on_panic(value);
+    }
+
     /// rustloop patch: see `EvalContext::set_variable_analysis`.
     pub fn set_variable_analysis(&mut self, enabled: bool) {
         self.eval_context.set_variable_analysis(enabled);

@@ -803,7 +803,11 @@ impl EvalContext {
                             continue;
                         }
                     }
-                    if !user_code.is_empty() {
+                    // rustloop patch: not when the code was compiled without catch_unwind
+                    // already (the recompile would be the same code).
+                    if !user_code.is_empty()
+                        && state.compilation_mode() == CompilationMode::RunAndCatchPanics
+                    {
                         // We have user code and it appears to have an error, recompile without
                         // catch_unwind to try and get a better error message. e.g. we don't want the
                         // user to see messages like "cannot borrow immutable captured outer variable in
