@@ -178,14 +178,22 @@ pub mod __private {
     }
 
     impl<T: std::fmt::Debug + ?Sized> DebugResult for &T {
+        #[inline]
         fn evcxr_display(&self) {
-            // `()` is what statements evaluate to: show nothing, like Python's None.
-            if std::any::type_name::<T>() == "()" {
-                return;
-            }
-            let text = format!("{:?}", *self);
-            emit_display(&crate::MimeBundle::new().with("text/plain", text), None);
+            show_debug(self, std::any::type_name::<T>());
         }
+    }
+
+    /// The work of [`DebugResult`], compiled once here rather than in every cell (a cell
+    /// compiles only the vtable of its value's `Debug`).
+    #[inline(never)]
+    pub fn show_debug(value: &dyn std::fmt::Debug, type_name: &str) {
+        // `()` is what statements evaluate to: show nothing, like Python's None.
+        if type_name == "()" {
+            return;
+        }
+        let text = format!("{value:?}");
+        emit_display(&crate::MimeBundle::new().with("text/plain", text), None);
     }
 }
 

@@ -95,8 +95,37 @@ pub fn take_erased(name: &str) -> Box<dyn Any> {
 }
 
 fn take_entry(name: &str) -> Entry {
-    with(|s| s.remove(name))
-        .unwrap_or_else(|| panic!("rustloop: the variable `{name}` is no longer kept"))
+    let entry = with(|s| s.remove(name))
+        .unwrap_or_else(|| panic!("rustloop: the variable `{name}` is no longer kept"));
+    TAKEN
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .insert(name.to_owned(), entry.boxer);
+    entry
+}
+
+/// The boxers of values cells have taken, for [`keep_loaded`].
+static TAKEN: Mutex<Option<HashMap<String, Option<Boxer>>>> = Mutex::new(None);
+
+/// Keeps a value the cell took (under the same name and type) again, with the boxer it had:
+/// its kind is known, so the cell does not dispatch on it again.
+#[doc(hidden)]
+#[inline]
+pub fn keep_loaded<T: 'static>(name: &str, value: T) {
+    keep_loaded_erased(name, Box::new(value), std::alloc::Layout::new::<T>());
+}
+
+#[doc(hidden)]
+#[inline(never)]
+pub fn keep_loaded_erased(name: &str, value: Box<dyn Any>, layout: std::alloc::Layout) {
+    let boxer = TAKEN
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_mut()
+        .and_then(|taken| taken.remove(name))
+        .flatten();
+    keep_erased(name, value, boxer, layout);
 }
 
 /// Drops a value taken out under the wrong type and says why (see [`take`]).

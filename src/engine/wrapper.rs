@@ -113,6 +113,7 @@ pub fn compile_cell(
         type_state = Some(types);
     }
     let args = cell_codegen(args);
+    cell_linker(&mut rustc, &args, warnings_file);
     let child = rustc.args(&args).stderr(Stdio::piped()).spawn()?;
     started(child.id());
     let output = child.wait_with_output()?;
@@ -165,6 +166,26 @@ fn cell_codegen(args: Vec<OsString>) -> Vec<OsString> {
     args = without_codegen_option(args, "incremental=");
     args.push("-Ccodegen-units=1".into());
     args
+}
+
+/// Links the cell through this binary ([`super::linker`]) unless the build names its own linker.
+fn cell_linker(rustc: &mut Command, args: &[OsString], warnings_file: &Path) {
+    let names_linker = args.iter().any(|a| {
+        let a = a.to_string_lossy();
+        a.starts_with("linker=") || a.starts_with("-Clinker=")
+    });
+    if names_linker || std::env::var_os("RUSTLOOP_NO_DIRECT_LINK").is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut linker = OsString::from("-Clinker=");
+    linker.push(exe);
+    rustc.arg(linker).env(super::linker::LINKER_ENV, "cc").env(
+        super::linker::TEMPLATE_ENV,
+        warnings_file.with_file_name(".rustloop-link-template.json"),
+    );
 }
 
 /// `args` without `-C metadata=...`.

@@ -170,11 +170,14 @@ impl Variables {
             if skip.contains_key(name) {
                 continue;
             }
+            // Taken above as the same type: kept again with the boxer it had.
+            let keep_loaded =
+                format!("rustloop::__store::keep_loaded(\"{name}\", {name}); {KEEP_MARK}{name}\n");
             if outline.bound.contains(name) {
                 // Rebound by the cell: the old value is kept only if the cell did not finish.
-                tail.push_str(&format!("if __rustloop_run.is_err() {}", keep(name)));
+                tail.push_str(&format!("if __rustloop_run.is_err() {{ {keep_loaded}}}\n"));
             } else {
-                tail.push_str(&keep(name));
+                tail.push_str(&keep_loaded);
             }
         }
         tail.push_str(if lane {
