@@ -332,7 +332,16 @@ impl Direct {
             .stdout(Stdio::null())
             // Its own process group, which dies with the kernel (like cargo's builds).
             .process_group(0);
-        let args: Vec<OsString> = job.args.iter().map(OsString::from).collect();
+        // Only the library: the dependency file is for cargo's fingerprints, and cargo rebuilds
+        // the crate anyway when it next builds it (its source changed).
+        let args: Vec<OsString> = job
+            .args
+            .iter()
+            .map(|a| match a.as_str() {
+                "--emit=dep-info,link" => OsString::from("--emit=link"),
+                _ => OsString::from(a),
+            })
+            .collect();
         let mut output = compile_cell(rustc, &args, &self.warnings_file, |pid| {
             crate::watchdog::adopt_group(pid)
         })?;
