@@ -27,6 +27,8 @@ echo "== Python environment with JupyterLab ($venv)"
 
 echo "== Kernelspec and compile cache"
 cp "$CARGO_TARGET_DIR/release/rustloop" "$venv/bin/rustloop"
+# Cells link through it when it sits next to rustloop (src/bin/rustloop-link.rs).
+cp "$CARGO_TARGET_DIR/release/rustloop-link" "$venv/bin/rustloop-link"
 VIRTUAL_ENV="$venv" "$venv/bin/rustloop" install --sys-prefix
 "$venv/bin/jupyter" kernelspec list
 

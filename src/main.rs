@@ -78,8 +78,6 @@ pub fn set_toolchain_version(release: &str) {
 fn main() {
     // When evcxr starts this binary as its evaluation process, or cargo as its rustc wrapper,
     // that role takes over here and never returns.
-    // The linker first: rustc's environment holds the wrapper's variables too.
-    engine::run_if_linker();
     watchdog::run_if_watchdog();
     engine::run_if_evaluation_process();
     engine::run_if_rustc_wrapper();

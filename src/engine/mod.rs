@@ -24,7 +24,6 @@ mod evaluator;
 mod fast_lane;
 mod first_build;
 mod link;
-mod linker;
 mod outcome;
 mod router;
 mod run;
@@ -36,7 +35,6 @@ mod wrapper;
 
 pub use child::run_if_evaluation_process;
 pub use errors::ErrorInfo;
-pub use linker::run_if_linker;
 pub use wrapper::run_if_rustc_wrapper;
 
 use serde_json::{Map, Value};

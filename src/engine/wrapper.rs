@@ -168,7 +168,8 @@ fn cell_codegen(args: Vec<OsString>) -> Vec<OsString> {
     args
 }
 
-/// Links the cell through this binary ([`super::linker`]) unless the build names its own linker.
+/// Links the cell with `rustloop-link` (`src/bin/rustloop-link.rs`, which says why) when it
+/// sits next to this binary, unless the build names its own linker.
 fn cell_linker(rustc: &mut Command, args: &[OsString], warnings_file: &Path) {
     let names_linker = args.iter().any(|a| {
         let a = a.to_string_lossy();
@@ -177,15 +178,24 @@ fn cell_linker(rustc: &mut Command, args: &[OsString], warnings_file: &Path) {
     if names_linker || std::env::var_os("RUSTLOOP_NO_DIRECT_LINK").is_some() {
         return;
     }
-    let Ok(exe) = std::env::current_exe() else {
+    let Some(shim) = std::env::current_exe()
+        .ok()
+        .map(|exe| exe.with_file_name("rustloop-link"))
+        .filter(|shim| shim.is_file())
+    else {
         return;
     };
     let mut linker = OsString::from("-Clinker=");
-    linker.push(exe);
-    rustc.arg(linker).env(super::linker::LINKER_ENV, "cc").env(
-        super::linker::TEMPLATE_ENV,
-        warnings_file.with_file_name(".rustloop-link-template.json"),
-    );
+    linker.push(shim);
+    rustc
+        .arg(linker)
+        // Read by rustloop-link: the driver rustc would have run, and where it keeps what the
+        // driver adds.
+        .env("RUSTLOOP_CELL_LINKER", "cc")
+        .env(
+            "RUSTLOOP_LINK_TEMPLATE",
+            warnings_file.with_file_name(".rustloop-link-template.json"),
+        );
 }
 
 /// `args` without `-C metadata=...`.

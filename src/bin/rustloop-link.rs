@@ -1,9 +1,11 @@
-//! The link step of a cell crate, without the C compiler driver in between.
+//! `rustloop-link`: the link step of a cell crate, without the C compiler driver in between.
 //!
 //! rustc links a cell by running `cc`, which runs `collect2`, which runs the `ld.lld` shim in
 //! rustc's `gcc-ld` directory, which runs `rust-lld`: four processes for a link whose own work
-//! takes about 20 ms. For cell crates the rustc wrapper names this binary as the linker
-//! ([`LINKER_ENV`] holds the driver rustc would have used). It translates the driver's
+//! takes about 20 ms. For cell crates the rustc wrapper (`src/engine/wrapper.rs`) names this
+//! binary as the linker when it sits next to `rustloop` ([`LINKER_ENV`] holds the driver rustc
+//! would have used). It is a binary of its own because it starts in about 1 ms, where
+//! `rustloop` takes about 5 (page faults of a 36 MB executable). It translates the driver's
 //! arguments into `rust-lld`'s and runs `rust-lld` directly, with what the driver adds itself
 //! (start files, search paths, `--build-id`, ...) taken from the driver once (`cc -###`) and
 //! kept in a file in the cache slot ([`Template`]). Measured on a warm cell: 49 ms through `cc`,
@@ -18,15 +20,15 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Set in rustc's environment for cell crates: the C driver rustc would run as the linker.
-pub const LINKER_ENV: &str = "RUSTLOOP_CELL_LINKER";
+/// The C driver rustc would have run as the linker (set by the rustc wrapper).
+const LINKER_ENV: &str = "RUSTLOOP_CELL_LINKER";
 /// Where the driver's additions are kept between links (a file in the cache slot).
-pub const TEMPLATE_ENV: &str = "RUSTLOOP_LINK_TEMPLATE";
+const TEMPLATE_ENV: &str = "RUSTLOOP_LINK_TEMPLATE";
 
-/// If rustc started this process as a cell's linker, links and never returns.
-pub fn run_if_linker() {
+fn main() {
     let Some(driver) = std::env::var_os(LINKER_ENV) else {
-        return;
+        eprintln!("rustloop-link: rustloop's linker for cell crates; rustc runs it, not people");
+        std::process::exit(2);
     };
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     if let Some(plan) = Translated::new(&args) {
@@ -40,12 +42,12 @@ pub fn run_if_linker() {
             if status.is_ok_and(|s| s.success()) {
                 std::process::exit(0);
             }
-            tracing::debug!("direct link failed; linking through {driver:?}");
+            // Failed: the driver links again, and its errors are the ones rustc shows.
         }
     }
     use std::os::unix::process::CommandExt;
     let error = Command::new(&driver).args(&args).exec();
-    eprintln!("rustloop: cannot run the linker {driver:?}: {error}");
+    eprintln!("rustloop-link: cannot run the linker {driver:?}: {error}");
     std::process::exit(2);
 }
 
