@@ -125,6 +125,14 @@ def test_a_value_gone_from_the_store_is_reported_and_nothing_else_is_taken(k):
     assert "gone_a" in content["evalue"], content
 
 
+def test_vars_after_a_dep_line_in_the_same_cell(k):
+    # `:vars` after a `:dep` once panicked the evaluator (an offset past the cell's code).
+    ok(k, "let before_dep = 3u8;")
+    out = stdout_of(ok(k, ':dep itoa = "1"\n:vars'))
+    assert any(l.startswith("before_dep ") for l in out.splitlines()), out
+    assert value(k, "before_dep + 1") == "4"
+
+
 def test_question_mark_at_top_level(k):
     assert value(k, 'let parsed: u8 = "7".parse()?;\nparsed + 1') == "8"
     content, outputs = error_of(k, 'let bad: u8 = "x".parse()?;')

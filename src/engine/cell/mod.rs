@@ -112,7 +112,7 @@ pub fn prepare(cell: &str) -> Prepared {
 
 /// Splits off evcxr's leading command section (`:cmd`, `!shell`, blank and `//` lines; commands
 /// are only recognised before the first line of Rust, as in evcxr). rustloop's own commands are
-/// replaced by blank lines so line numbers stay put.
+/// replaced by spaces, so line numbers and offsets stay put.
 fn split_commands(cell: &str) -> (usize, Vec<OwnCommand>, String) {
     let mut own = Vec::new();
     let mut text = String::new();
@@ -128,7 +128,10 @@ fn split_commands(cell: &str) -> (usize, Vec<OwnCommand>, String) {
             };
             if let Some(command) = own_command {
                 own.push(command);
-                text.push_str(&"\n".repeat(line.ends_with('\n') as usize));
+                // Blanked to the same length: offsets in the code are offsets in the cell.
+                let body = line.trim_end_matches('\n');
+                text.push_str(&" ".repeat(body.len()));
+                text.push_str(&line[body.len()..]);
             } else {
                 text.push_str(line);
             }
@@ -445,10 +448,22 @@ mod tests {
     fn commands_are_kept_and_tasks_taken_out() {
         let p = prepare(":dep rand = \"0.8\"\n:tasks\n\nlet x = 1;");
         assert_eq!(p.own_commands, vec![OwnCommand::Tasks]);
-        assert_eq!(p.code, ":dep rand = \"0.8\"\n\n\nlet x = 1;");
+        assert_eq!(p.code, ":dep rand = \"0.8\"\n      \n\nlet x = 1;");
         let only = prepare(":tasks");
-        assert_eq!(only.code, "");
+        assert_eq!(only.code.trim(), "");
         assert_eq!(only.own_commands, vec![OwnCommand::Tasks]);
+    }
+
+    #[test]
+    fn own_commands_keep_offsets_so_the_rust_part_is_found() {
+        // `:vars` last, after a `:dep`: the outline once sliced past the end of the code.
+        let p = prepare(":dep axum = \"0.8\"\n:vars");
+        assert_eq!(p.own_commands, vec![OwnCommand::Vars]);
+        assert!(p.outline().is_none_or(|o| o.statements.is_empty()));
+        let p = prepare(":vars\nlet x = 1;\nx + 1");
+        assert_eq!(p.outline().unwrap().bound, vec!["x".to_owned()]);
+        let at = p.code.find("x + 1").unwrap();
+        assert_eq!(p.original_offset(at), 17);
     }
 
     #[test]
