@@ -72,6 +72,14 @@ pub fn start() {
 
 /// Hands the process group led by `pid` to the watchdog, if `pid` is our child leading its own
 /// group (checked, so a stray pid can never make the watchdog signal someone else's group).
+/// Tells the watchdog the kernel is ending as asked (a shutdown request): what it stops then
+/// is routine and goes unreported.
+pub fn ending_as_asked() {
+    if let Some(pipe) = PIPE.get() {
+        let _ = pipe.lock().unwrap().write_all(b"asked\n");
+    }
+}
+
 pub fn adopt_group(pid: u32) {
     let Some(pipe) = PIPE.get() else { return };
     let Ok(pid_i) = i32::try_from(pid) else {
@@ -148,16 +156,18 @@ pub fn run_if_watchdog() {
     if kernel_group && first.pgrp == kernel as i32 {
         groups.push(first.pgrp);
     }
-    watch(kernel, first.start, &mut groups);
+    let asked = watch(kernel, first.start, &mut groups);
     let killed = kill_groups(&groups, first.session, kernel);
-    if killed > 0 {
+    if killed > 0 && !asked {
         eprintln!("rustloop: the kernel ended; stopped {killed} process(es) it had started");
     }
     std::process::exit(0);
 }
 
-/// Reads adopted group ids from stdin until EOF or until the kernel is gone.
-fn watch(kernel: u32, start: u64, groups: &mut Vec<i32>) {
+/// Reads adopted group ids from stdin until EOF or until the kernel is gone; whether the kernel
+/// said it was ending as asked.
+fn watch(kernel: u32, start: u64, groups: &mut Vec<i32>) -> bool {
+    let mut asked = false;
     let stdin = std::io::stdin();
     let fd = stdin.as_raw_fd();
     let mut pending = Vec::new();
@@ -179,11 +189,12 @@ fn watch(kernel: u32, start: u64, groups: &mut Vec<i32>) {
                 {
                     continue;
                 }
-                return; // EOF: the kernel is gone
+                return asked; // EOF: the kernel is gone
             }
             pending.extend_from_slice(&buf[..n as usize]);
             while let Some(end) = pending.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
+                asked |= line == b"asked\n";
                 if let Some(pgid) = std::str::from_utf8(&line)
                     .ok()
                     .and_then(|l| l.trim().parse::<i32>().ok())
@@ -198,11 +209,11 @@ fn watch(kernel: u32, start: u64, groups: &mut Vec<i32>) {
         } else if ready < 0
             && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
         {
-            return;
+            return asked;
         }
         match stat(kernel) {
             Some(s) if s.start == start && s.state != 'Z' && s.state != 'X' => {}
-            _ => return,
+            _ => return asked,
         }
     }
 }

@@ -438,6 +438,7 @@ async fn shutdown(sender: &Sender, engine: &Engine, request: &Incoming, channel:
     publish_status_raw(sender, Some(request), "idle");
     // Give the sockets a moment to deliver the reply before the process ends.
     tokio::time::sleep(Duration::from_millis(100)).await;
+    crate::watchdog::ending_as_asked();
     std::process::exit(0);
 }
 
