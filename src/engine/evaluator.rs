@@ -274,7 +274,7 @@ impl Engine {
                 // delivered at its `cell_start`.)
                 let child_pid = self.child_pid();
                 drop(state);
-                kill_build_processes(child_pid);
+                super::wrapper::kill_builds(child_pid);
             }
         }
         let inner = self.inner.clone();
@@ -466,38 +466,5 @@ fn evaluator_main(
                 let _ = reply.send(result);
             }
         }
-    }
-}
-
-/// Kills the build processes (cargo, rustc) evcxr started from this process, leaving the
-/// evaluation process alone.
-fn kill_build_processes(evaluation_pid: Option<u32>) {
-    fn children(pid: u32) -> Vec<u32> {
-        let mut out = Vec::new();
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            return out;
-        };
-        for task in tasks.flatten() {
-            if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
-                out.extend(
-                    text.split_whitespace()
-                        .filter_map(|p| p.parse::<u32>().ok()),
-                );
-            }
-        }
-        out
-    }
-    let mut stack = children(std::process::id());
-    let mut victims = Vec::new();
-    while let Some(pid) = stack.pop() {
-        if Some(pid) == evaluation_pid {
-            continue;
-        }
-        victims.push(pid);
-        stack.extend(children(pid));
-    }
-    for pid in victims {
-        // SAFETY: sending a signal to a process we started.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     }
 }

@@ -14,6 +14,10 @@
 //! cell's source is the only input that changed, so cargo's work (fingerprinting every
 //! dependency, starting this wrapper) would decide nothing. A `:` command, a `:dep`, a changed
 //! manifest or a missing job sends the build back through cargo, which saves a new job.
+//!
+//! A cell crate compiles with one codegen unit and no incremental state ([`cell_codegen`]) and
+//! links with `rustloop-link` (`src/bin/rustloop-link.rs`) when it is installed. An interrupt
+//! during a build stops it ([`kill_builds`]).
 
 use super::store::{TypeGeneration, save_job, types_file};
 use super::warnings::keep_warnings;
@@ -373,5 +377,38 @@ impl Direct {
             output.stdout = format!("{artifact}\n").into_bytes();
         }
         Ok(output)
+    }
+}
+
+/// Kills the build processes (cargo, rustc) evcxr started from this process, leaving the
+/// evaluation process alone.
+pub fn kill_builds(evaluation_pid: Option<u32>) {
+    fn children(pid: u32) -> Vec<u32> {
+        let mut out = Vec::new();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return out;
+        };
+        for task in tasks.flatten() {
+            if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+                out.extend(
+                    text.split_whitespace()
+                        .filter_map(|p| p.parse::<u32>().ok()),
+                );
+            }
+        }
+        out
+    }
+    let mut stack = children(std::process::id());
+    let mut victims = Vec::new();
+    while let Some(pid) = stack.pop() {
+        if Some(pid) == evaluation_pid {
+            continue;
+        }
+        victims.push(pid);
+        stack.extend(children(pid));
+    }
+    for pid in victims {
+        // SAFETY: sending a signal to a process we started.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     }
 }

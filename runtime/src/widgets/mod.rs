@@ -22,10 +22,9 @@
 //! println!("now {}", rate.value());
 //! ```
 
+pub use choices::{Button, Clicks, Dropdown};
 pub use containers::{HBox, Output, VBox};
-pub use controls::{
-    Button, Checkbox, Clicks, Dropdown, FloatSlider, HTML, IntProgress, IntSlider, Label, Text,
-};
+pub use controls::{Checkbox, FloatSlider, HTML, IntProgress, IntSlider, Label, Text};
 
 pub(crate) use model::open_control;
 
@@ -118,6 +117,7 @@ macro_rules! displayable {
     };
 }
 
+mod choices;
 mod containers;
 mod controls;
 mod model;

@@ -1,7 +1,8 @@
 //! `is_complete_request`: whether a cell is complete, from brackets and the parser alone (so
 //! `jupyter console` knows when to continue a line).
 
-use super::{WRAP_PREFIX, split_commands};
+use super::WRAP_PREFIX;
+use super::commands::split_commands;
 use ra_ap_syntax::{Edition, SourceFile};
 
 /// Whether a cell is complete, for `is_complete_request` (`jupyter console` continues lines

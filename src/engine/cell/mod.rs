@@ -13,25 +13,19 @@
 //! The rewrite is recorded as pieces of original and generated text, so compiler positions can
 //! be mapped back to what the user typed.
 
+mod commands;
 mod complete;
 mod lane;
 mod outline;
 
+pub use commands::OwnCommand;
 pub use complete::{Completeness, is_complete};
 pub use lane::{fast_lane_eligible, lane_deps};
 pub use outline::Part;
 
+use commands::split_commands;
 use ra_ap_syntax::ast::{self, AstNode, HasModuleItem};
 use ra_ap_syntax::{Edition, SourceFile, SyntaxKind, SyntaxNode, TextRange};
-
-/// Commands rustloop answers itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OwnCommand {
-    /// `:tasks`: list live tasks.
-    Tasks,
-    /// `:vars`: list the variables, with their types and cells.
-    Vars,
-}
 
 /// A cell ready for evcxr.
 #[derive(Debug, Clone)]
@@ -108,41 +102,6 @@ pub fn prepare(cell: &str) -> Prepared {
             pieces,
         },
     }
-}
-
-/// Splits off evcxr's leading command section (`:cmd`, `!shell`, blank and `//` lines; commands
-/// are only recognised before the first line of Rust, as in evcxr). rustloop's own commands are
-/// replaced by spaces, so line numbers and offsets stay put.
-fn split_commands(cell: &str) -> (usize, Vec<OwnCommand>, String) {
-    let mut own = Vec::new();
-    let mut text = String::new();
-    let mut offset = 0;
-    for line in cell.split_inclusive('\n') {
-        let trimmed = line.trim();
-        let is_command = line.trim_start_matches(' ').starts_with(':') || line.starts_with('!');
-        if is_command {
-            let own_command = match trimmed {
-                ":tasks" => Some(OwnCommand::Tasks),
-                ":vars" => Some(OwnCommand::Vars),
-                _ => None,
-            };
-            if let Some(command) = own_command {
-                own.push(command);
-                // Blanked to the same length: offsets in the code are offsets in the cell.
-                let body = line.trim_end_matches('\n');
-                text.push_str(&" ".repeat(body.len()));
-                text.push_str(&line[body.len()..]);
-            } else {
-                text.push_str(line);
-            }
-        } else if trimmed.is_empty() || line.starts_with("//") {
-            text.push_str(line);
-        } else {
-            break;
-        }
-        offset += line.len();
-    }
-    (offset, own, text)
 }
 
 const WRAP_PREFIX: &str = "fn __rustloop_cell() {\n";
