@@ -132,6 +132,13 @@ impl FastLane {
             }
             all
         };
+        if !new_deps.is_empty() && lane.builds > 0 {
+            // A new crate can change the features of a crate the runtime library is built from;
+            // the runtime is then rebuilt and the evaluation process restarted, with the values
+            // and tasks of the cells before. evcxr's path notices that and says what was lost.
+            tracing::info!("fast lane: a new `:dep` after earlier cells goes to evcxr");
+            return None;
+        }
         if !new_deps.is_empty() && !write_manifest(&self.dir, &all_deps(&lane.deps, &new_deps)) {
             return None;
         }
