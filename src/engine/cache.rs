@@ -55,6 +55,10 @@ const RUNTIME_FILES: &[(&str, &str)] = &[
         include_str!("../../runtime/src/widgets/controls.rs"),
     ),
     (
+        "src/widgets/choices.rs",
+        include_str!("../../runtime/src/widgets/choices.rs"),
+    ),
+    (
         "src/widgets/containers.rs",
         include_str!("../../runtime/src/widgets/containers.rs"),
     ),
