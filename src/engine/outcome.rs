@@ -133,6 +133,10 @@ pub fn evaluator_died(
             ),
         );
     }
+    if state.runtime_changed {
+        // Not a failure of the cell: the caller says why and runs the cell again.
+        return ErrorInfo::new("EvaluatorRestarted", lost);
+    }
     let detail = match state.exit_status {
         Some(status) => format!("exit status: {status}"),
         None => message.trim().lines().last().unwrap_or("").to_owned(),
