@@ -170,3 +170,41 @@ def test_dep_as_first_cell_runs_on_the_lane_and_reaches_evcxr(logged):
         assert result_of(outputs) == '("5", "77")'
     finally:
         k2.shutdown()
+
+
+@pytest.mark.timeout(1500)
+def test_a_dep_that_rebuilds_the_runtime_names_what_was_lost(tmp_path, monkeypatch):
+    """`tokio-test` turns on tokio's `test-util`, so `:dep tokio-test` rebuilds the runtime
+    library and restarts the evaluation process. After earlier cells of the fast lane, the lane
+    leaves such a cell to evcxr's path, which says which variables were lost (the lane lost them
+    without a word). A cache of its own: the rebuilt tokio would otherwise make every later
+    kernel of the suite build tokio again."""
+    monkeypatch.setenv("RUSTLOOP_CACHE_DIR", str(tmp_path / "cache"))
+    k = Kernel()
+    try:
+        content, _ = k.execute("1", timeout=FIRST_CELL_TIMEOUT)  # builds the new cache
+        assert content["status"] == "ok", content
+    finally:
+        k.shutdown()
+    log = tmp_path / "kernel.log"
+    with open(log, "w") as f:
+        k = Kernel(log=f)
+    k.log_path = log
+    try:
+        # Sent at once, as Run All sends them: the first is the lane's.
+        cells = ["let kept_x = 5u8;", ':dep tokio-test = "0.4"', "kept_x + 1"]
+        ids = [k.kc.execute(code) for code in cells]
+        outputs = [k.collect_iopub(i, timeout=FIRST_CELL_TIMEOUT) for i in ids]
+        assert fast_cells(k)[:1] == ["[1]"], log_of(k)
+        said = stderr_of(outputs[1])
+        assert "the runtime library was rebuilt" in said, outputs[1]
+        assert "These variables were lost: kept_x." in said, said
+        assert "exit status" not in said, said
+        errors = [c for t, c in outputs[2] if t == "error"]
+        assert errors and "kept_x" in errors[0]["evalue"], outputs[2]
+        # The kernel goes on, with the new crate.
+        content, outputs = k.execute("let ok_now = 2u8;\nok_now * 21")
+        assert content["status"] == "ok", content
+        assert result_of(outputs) == "42"
+    finally:
+        k.shutdown()
