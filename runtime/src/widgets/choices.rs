@@ -1,7 +1,7 @@
 //! The controls that choose or act: the dropdown (a selection among labels) and the button
 //! (a stream of clicks). States follow ipywidgets 8 like the value controls in `controls.rs`.
 
-use super::controls::{common, described, style};
+use super::controls::{common, described, style, with_text_style};
 use super::model::{Model, Spec};
 use crate::comm::Value;
 use std::sync::Arc;
@@ -113,17 +113,7 @@ displayable!(Button, |w| format!("Button(description={:?})", w.label()));
 impl Button {
     pub fn new(description: &str) -> Self {
         let layout = Model::layout();
-        let nulls = [
-            "button_color",
-            "font_family",
-            "font_size",
-            "font_style",
-            "font_variant",
-            "font_weight",
-            "text_color",
-            "text_decoration",
-        ];
-        let style = style("ButtonStyleModel", &nulls, false);
+        let style = style("ButtonStyleModel", &with_text_style("button_color"), false);
         let mut fields = common(&layout, Some(&style));
         fields.extend([
             ("button_style", Value::from("")),

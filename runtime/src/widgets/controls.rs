@@ -349,8 +349,8 @@ macro_rules! text_display {
     };
 }
 
-const LABEL_STYLE: [&str; 8] = [
-    "background",
+/// The text fields of a style model, all null by default (a label's, a button's).
+const TEXT_STYLE: [&str; 7] = [
     "font_family",
     "font_size",
     "font_style",
@@ -359,6 +359,19 @@ const LABEL_STYLE: [&str; 8] = [
     "text_color",
     "text_decoration",
 ];
+
+const LABEL_STYLE: [&str; 8] = with_text_style("background");
+
+/// `first`, then [`TEXT_STYLE`].
+pub(super) const fn with_text_style(first: &'static str) -> [&'static str; 8] {
+    let mut all = [first; 8];
+    let mut i = 0;
+    while i < TEXT_STYLE.len() {
+        all[i + 1] = TEXT_STYLE[i];
+        i += 1;
+    }
+    all
+}
 
 text_display!(
     /// A line of plain text (`LabelModel`).

@@ -322,7 +322,15 @@ mod tests {
         assert!(code.starts_with("fn f() {}\n{"), "{code}");
         assert!(code.contains("let mut v = rustloop::__store::take::<std::vec::Vec<i32>>(\"v\")"));
         assert!(code.contains("keep(\"n\", n, __rustloop_boxer); } // rustloop-keep n"));
-        assert!(code.contains("keep(\"v\", v, __rustloop_boxer); } // rustloop-keep v"));
+        assert!(code.contains("keep_loaded(\"v\", v); // rustloop-keep v"));
+        // The loads are checked before any is taken (they run outside the catch_unwind).
+        let check = code
+            .find("rustloop::__store::loadable(&[(\"v\", rustloop::__store::Load::own::<std::vec::Vec<i32>>())])")
+            .expect("a load check");
+        assert!(check < code.find("let mut v =").unwrap(), "{code}");
+        // The cell's one catch_unwind ends by telling evcxr of a panic, not re-raising it.
+        assert!(code.contains("rustloop::__store::panicked(p)"), "{code}");
+        assert!(!code.contains("resume_unwind"), "{code}");
         assert_eq!(plan.bound, ["n"]);
         assert_eq!(plan.loads, ["v"]);
         assert!(
