@@ -106,6 +106,17 @@ class Kernel:
         self.km.shutdown_kernel(now=False)
 
 
+def stop_server(proc, log):
+    """Stops a server the tests started (SIGTERM, then SIGKILL after 30 s) and closes its log."""
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log.close()
+
+
 def free_port():
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:

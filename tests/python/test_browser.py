@@ -27,7 +27,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from conftest import KERNEL_NAME, REPO, free_port
+from conftest import KERNEL_NAME, REPO, free_port, stop_server
 
 NODE_DIR = Path(os.environ.get("RUSTLOOP_NODE_DIR", Path.home() / ".cache/rustloop/node"))
 SCRIPT = REPO / "tests/browser/lab.mjs"
@@ -152,12 +152,7 @@ class Server:
             self.api(f"/api/kernels/{kernel['id']}", method="DELETE")
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+        stop_server(self.proc, self.log)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,14 @@ from pathlib import Path
 import pytest
 import websocket
 
-from conftest import CELL_TIMEOUT, FIRST_CELL_TIMEOUT, KERNEL_NAME, free_port, rustloop_bin
+from conftest import (
+    CELL_TIMEOUT,
+    FIRST_CELL_TIMEOUT,
+    KERNEL_NAME,
+    free_port,
+    rustloop_bin,
+    stop_server,
+)
 from test_hostile import processes, session_of, wait_for
 
 
@@ -81,13 +88,7 @@ class Gateway:
         return None
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
+        stop_server(self.proc, self.log)
 
 
 class Channels:

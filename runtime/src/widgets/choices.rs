@@ -1,8 +1,8 @@
 //! The controls that choose or act: the dropdown (a selection among labels) and the button
 //! (a stream of clicks). States follow ipywidgets 8 like the value controls in `controls.rs`.
 
-use super::controls::{common, described, style, with_text_style};
-use super::model::{Model, Spec};
+use super::controls::{described, style, with_text_style};
+use super::model::{Model, Spec, common};
 use crate::comm::Value;
 use std::sync::Arc;
 use tokio::sync::{broadcast, watch};

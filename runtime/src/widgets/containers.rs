@@ -2,7 +2,7 @@
 //! text and rich displays written to it from any task.
 
 use super::Widget;
-use super::model::{Model, Spec};
+use super::model::{Model, Spec, common};
 use crate::comm::Value;
 use crate::display::Rich;
 use crate::json;
@@ -26,15 +26,11 @@ macro_rules! layout_box {
                 let layout = Model::layout();
                 let models: Vec<Model> = children.iter().map(|c| c.__model().clone()).collect();
                 let refs = models.iter().map(Model::reference).collect();
-                let fields = vec![
-                    ("_dom_classes", Value::Array(Vec::new())),
-                    ("_view_count", Value::Null),
-                    ("tabbable", Value::Null),
-                    ("tooltip", Value::Null),
-                    ("layout", layout.reference()),
+                let mut fields = common(&layout, None);
+                fields.extend([
                     ("box_style", Value::from("")),
                     ("children", Value::Array(refs)),
-                ];
+                ]);
                 let ids = models.iter().map(|m| m.id().to_owned()).collect();
                 let parts = std::iter::once(layout).chain(models).collect();
                 let model = Model::open(Spec::controls($model, $view), fields, parts);
@@ -82,15 +78,11 @@ impl Output {
             view_module: "@jupyter-widgets/output",
             version: "1.0.0",
         };
-        let fields = vec![
-            ("_dom_classes", Value::Array(Vec::new())),
-            ("_view_count", Value::Null),
-            ("tabbable", Value::Null),
-            ("tooltip", Value::Null),
-            ("layout", layout.reference()),
+        let mut fields = common(&layout, None);
+        fields.extend([
             ("msg_id", Value::from("")),
             ("outputs", Value::Array(Vec::new())),
-        ];
+        ]);
         let model = Model::open(spec, fields, vec![layout]);
         Output {
             model,

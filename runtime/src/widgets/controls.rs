@@ -3,7 +3,7 @@
 //! states follow ipywidgets 8 (`@jupyter-widgets/controls` 2.0.0) key for key, each with its
 //! `LayoutModel` and style model.
 
-use super::model::{Model, Spec};
+use super::model::{Model, Spec, common};
 use crate::comm::Value;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -58,21 +58,6 @@ pub(super) fn style(model: &'static str, nulls: &[&'static str], description_wid
         fields.push(("description_width", Value::from("")));
     }
     Model::open(Spec::style(model), fields, Vec::new())
-}
-
-/// Fields every DOM widget has, plus its layout (and style, if any) references.
-pub(super) fn common(layout: &Model, style: Option<&Model>) -> Vec<(&'static str, Value)> {
-    let mut fields = vec![
-        ("_dom_classes", Value::Array(Vec::new())),
-        ("_view_count", Value::Null),
-        ("tabbable", Value::Null),
-        ("tooltip", Value::Null),
-        ("layout", layout.reference()),
-    ];
-    if let Some(style) = style {
-        fields.push(("style", style.reference()));
-    }
-    fields
 }
 
 /// Fields of widgets with a description label.

@@ -320,3 +320,18 @@ pub(crate) fn open_control(comm: Comm, _open: CommMessage) {
         reply_on.send(&data, &[]);
     });
 }
+
+/// Fields every DOM widget has, plus its layout (and style, if any) references.
+pub(super) fn common(layout: &Model, style: Option<&Model>) -> Vec<(&'static str, Value)> {
+    let mut fields = vec![
+        ("_dom_classes", Value::Array(Vec::new())),
+        ("_view_count", Value::Null),
+        ("tabbable", Value::Null),
+        ("tooltip", Value::Null),
+        ("layout", layout.reference()),
+    ];
+    if let Some(style) = style {
+        fields.push(("style", style.reference()));
+    }
+    fields
+}
