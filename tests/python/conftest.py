@@ -106,15 +106,16 @@ class Kernel:
         self.km.shutdown_kernel(now=False)
 
 
-def stop_server(proc, log):
-    """Stops a server the tests started (SIGTERM, then SIGKILL after 30 s) and closes its log."""
+def stop_server(proc, log=None):
+    """Stops a process the tests started (SIGTERM, then SIGKILL after 30 s) and closes its log."""
     proc.terminate()
     try:
         proc.wait(30)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-    log.close()
+    if log is not None:
+        log.close()
 
 
 def free_port():

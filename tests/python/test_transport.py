@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from jupyter_client import BlockingKernelClient
 
-from conftest import rustloop_bin
+from conftest import rustloop_bin, stop_server
 from test_hostile import wait_for
 
 
@@ -79,15 +79,6 @@ def start(path, log):
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def stop(proc):
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def answers_kernel_info(path, connect_ip):
     kc = BlockingKernelClient()
     kc.load_connection_file(str(path))
@@ -134,7 +125,7 @@ def test_binds_exactly_the_named_ip(tmp_path, ip):
                     s.settimeout(5)
                     assert s.connect_ex(("127.0.0.1", info["shell_port"])) != 0
         finally:
-            stop(proc)
+            stop_server(proc)
 
 
 @pytest.mark.timeout(120)
