@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from jupyter_client import BlockingKernelClient
 
-from conftest import CELL_TIMEOUT, rustloop_bin
-from test_transport import connection_file, stop
+from conftest import CELL_TIMEOUT, rustloop_bin, stop_server
+from test_transport import connection_file
 from test_hostile import wait_for
 
 pytestmark = pytest.mark.skipif(
@@ -143,7 +143,7 @@ class UserKernel:
 
     def close(self):
         self.kc.stop_channels()
-        stop(self.proc)
+        stop_server(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
