@@ -49,11 +49,14 @@ impl CellRun<'_> {
     }
 }
 
-/// Where a cell's panic is caught: a planned cell catches it itself (`store/plan.rs`), around
-/// its statements and inside the loaded variables; any other code evcxr compiles inside its
-/// own `catch_unwind`.
+/// Who handles a cell's panic and its top-level `?`: a planned cell does both itself
+/// (`store/plan.rs`: one `catch_unwind` around its statements, inside the loaded variables, and
+/// a closure returning `Result` when it uses `?`); any other code evcxr compiles inside its own
+/// `catch_unwind`, and compiles again with `?` allowed after a type error (E0277). For a
+/// planned cell that second compile could only fail the same way.
 fn catch_panics_in(context: &mut CommandContext, plan: &Option<Plan>) {
     context.set_preserve_vars_on_panic(plan.is_none());
+    context.set_question_mark_retry(plan.is_none());
 }
 
 /// How many times a cell is compiled again without keeps that did not compile.

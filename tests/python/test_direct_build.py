@@ -53,3 +53,26 @@ def test_dep_goes_through_cargo_and_later_cells_skip_it_again(logged):
     outputs = run_ok(k, "itoa::Buffer::new().format(1234).to_owned()")
     assert result_of(outputs) == '"1234"'
     assert direct_builds(k) == after_dep + 1, log_of(k)[-3000:]
+
+
+def test_a_cell_with_an_error_is_compiled_once(logged):
+    """evcxr compiles a failed cell again without its `catch_unwind`, and again with `?` allowed
+    after a type error (E0277); rustloop's rewritten cells handle both themselves, so each error
+    costs one build (evcxr patch 4)."""
+    k = logged
+    run_ok(k, "1")
+    wait_until_warm(k)
+    run_ok(k, "let kept = 7u32;")
+    for code, expected in [
+        ("let sum = kept + missing_name;", "cannot find value `missing_name`"),
+        ('let sum = kept + "text";', "cannot add `&str` to `u32`"),
+        ('let n: u32 = "5".parse()?;\nlet m = n + "x";', "cannot add `&str` to `u32`"),
+    ]:
+        before = direct_builds(k)
+        content, _ = k.execute(code)
+        assert content["status"] == "error", content
+        assert expected in content["evalue"] + "\n".join(content["traceback"]), content
+        assert direct_builds(k) == before + 1, (code, log_of(k)[-3000:])
+    # `?` at the top level still works, and the kept variable is untouched
+    outputs = run_ok(k, 'let n: u32 = "5".parse()?;\nn + kept')
+    assert result_of(outputs) == "12"

@@ -222,6 +222,11 @@ Panic detected. Here's some useful information if you're filing a bug report.
         self.eval_context.set_preserve_vars_on_panic(value);
     }
 
+    /// rustloop patch: see `ContextState::set_question_mark_retry`.
+    pub fn set_question_mark_retry(&mut self, value: bool) {
+        self.eval_context.set_question_mark_retry(value);
+    }
+
     /// rustloop patch: see `EvalContext::set_variable_analysis`.
     pub fn set_variable_analysis(&mut self, enabled: bool) {
         self.eval_context.set_variable_analysis(enabled);

@@ -72,6 +72,9 @@ pub(crate) struct Config {
     // Sounds good, but unfortunately doing so currently requires an extra build
     // attempt to determine if the type of the variable is copy.
     pub(crate) preserve_vars_on_panic: bool,
+    // rustloop patch: false stops a cell that failed with E0277 being compiled again with `?`
+    // allowed (rustloop's rewritten cells handle `?` themselves).
+    pub(crate) question_mark_retry: bool,
     output_format: String,
     display_types: bool,
     /// Whether to try to display the final expression. Currently this needs to
@@ -148,6 +151,7 @@ impl Config {
             tmpdir,
             debug_mode: false,
             preserve_vars_on_panic: true,
+            question_mark_retry: true,
             output_format: "{:?}".to_owned(),
             display_types: false,
             display_final_expression: true,
@@ -667,6 +671,11 @@ impl EvalContext {
         self.committed_state.set_preserve_vars_on_panic(value);
     }
 
+    /// rustloop patch: see `ContextState::set_question_mark_retry`.
+    pub fn set_question_mark_retry(&mut self, value: bool) {
+        self.committed_state.set_question_mark_retry(value);
+    }
+
     pub fn set_error_format(&mut self, value: &str) -> Result<(), Error> {
         self.committed_state.set_error_format(value)
     }
@@ -1075,7 +1084,10 @@ impl EvalContext {
                             self.write_cargo_toml(state)?;
                         }
                         fixed_errors.insert("Enabled async mode");
-                    } else if error.code() == Some("E0277") && !state.allow_question_mark {
+                    } else if error.code() == Some("E0277")
+                        && !state.allow_question_mark
+                        && state.config.question_mark_retry
+                    {
                         state.allow_question_mark = true;
                         fixed_errors.insert("Allow question mark");
                     } else if error.code() == Some("E0658")
@@ -1381,6 +1393,12 @@ impl ContextState {
 
     pub fn set_preserve_vars_on_panic(&mut self, value: bool) {
         self.config.preserve_vars_on_panic = value;
+    }
+
+    /// rustloop patch: whether a cell that failed with E0277 is compiled again with `?`
+    /// allowed (default true).
+    pub fn set_question_mark_retry(&mut self, value: bool) {
+        self.config.question_mark_retry = value;
     }
 
     pub fn debug_mode(&self) -> bool {
