@@ -99,6 +99,7 @@ impl Engine {
         let warnings_file = slot.dir.join(".rustloop-warnings.jsonl");
         // Type definitions of an earlier session in this slot mean nothing now.
         let _ = std::fs::remove_file(super::store::types_file(&warnings_file));
+        super::store::clear_jobs(&warnings_file);
         let router = Router::new(sink, warnings_file.clone());
         let sink_router = router.clone();
         let link = Arc::new(Link::start(Arc::new(move |event| {

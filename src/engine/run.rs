@@ -233,7 +233,7 @@ fn evaluate(
 ) -> Option<(ErrorInfo, CellState)> {
     let router = cell_run.router;
     let _ = std::fs::remove_file(cell_run.warnings_file);
-    let _ = std::fs::remove_file(store::job_file(cell_run.warnings_file));
+    store::drop_job(cell_run.warnings_file);
     if prepared
         .code
         .lines()

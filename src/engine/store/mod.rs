@@ -33,7 +33,7 @@ mod probe;
 pub use epoch::{Definitions, Epoch, type_definitions};
 pub use generation::{TypeGeneration, types_file};
 pub use plan::Plan;
-pub use probe::{ProbeJob, job_file, save_job};
+pub use probe::{ProbeJob, clear_jobs, drop_job, save_job};
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;

@@ -30,9 +30,37 @@ pub struct ProbeJob {
     source: PathBuf,
 }
 
+/// Drops a job nobody took (its cell failed after compiling, so it is never probed), with its
+/// copy of the source.
+pub fn drop_job(warnings_file: &Path) {
+    if let Some(old) = ProbeJob::take(warnings_file) {
+        let _ = std::fs::remove_file(old.source);
+    }
+}
+
 /// Where the wrapper leaves the job of the last cell build (beside the warnings file).
-pub fn job_file(warnings_file: &Path) -> PathBuf {
+fn job_file(warnings_file: &Path) -> PathBuf {
     warnings_file.with_file_name(".rustloop-probe.json")
+}
+
+/// The job's copy of the cell's source: `<prefix><wrapper pid><suffix>`, beside the job.
+const COPY_PREFIX: &str = ".rustloop-probe-";
+const COPY_SUFFIX: &str = ".rs";
+
+/// Removes what an earlier session in this slot left behind: its last job and any source
+/// copies whose probe never ended (the kernel was killed).
+pub fn clear_jobs(warnings_file: &Path) {
+    let _ = std::fs::remove_file(job_file(warnings_file));
+    let Some(Ok(entries)) = warnings_file.parent().map(std::fs::read_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(COPY_PREFIX) && name.ends_with(COPY_SUFFIX) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Called by the rustc wrapper after a cell crate compiled: remembers how to probe it, if its
@@ -44,7 +72,9 @@ pub fn save_job(rustc: &Path, args: &[OsString], source: &Path, warnings_file: &
     if !text.contains(PROBE_MARK) {
         return;
     }
-    let copy = warnings_file.with_file_name(format!(".rustloop-probe-{}.rs", std::process::id()));
+    drop_job(warnings_file);
+    let copy =
+        warnings_file.with_file_name(format!("{COPY_PREFIX}{}{COPY_SUFFIX}", std::process::id()));
     if std::fs::write(&copy, text).is_err() {
         return;
     }
@@ -99,7 +129,9 @@ impl ProbeJob {
     }
 
     fn run(&self, names: &[String]) -> BTreeMap<String, Ty> {
-        let out = std::env::temp_dir().join(format!("rustloop-probe-{}", std::process::id()));
+        // The check fails by design and writes nothing; rustc still makes the directory, so it
+        // lies in the slot rather than one per session in /tmp.
+        let out = self.source.with_file_name(".rustloop-probe-out");
         let mut command = std::process::Command::new(&self.rustc);
         command
             .args(probe_args(&self.args))
@@ -381,5 +413,53 @@ mod tests {
             kept,
             ["--crate-name", "ctx", "-C", "opt-level=0", "src/lib.rs"]
         );
+    }
+
+    #[test]
+    fn jobs_that_are_never_probed_leave_no_files() {
+        let dir = std::env::temp_dir().join(format!("rustloop-probe-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let warnings = dir.join(".rustloop-warnings.jsonl");
+        let source = dir.join("lib.rs");
+        std::fs::write(&source, format!("fn f() {{}} {PROBE_MARK}own x\n")).unwrap();
+        let files = || {
+            let mut names: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".rustloop-probe"))
+                .collect();
+            names.sort();
+            names
+        };
+        // a job whose cell failed after compiling: nobody takes it
+        let untaken = dir.join(".rustloop-probe-1.rs");
+        std::fs::write(&untaken, "fn f() {}").unwrap();
+        let job = json!({"rustc": "rustc", "args": [], "source": untaken});
+        std::fs::write(job_file(&warnings), job.to_string()).unwrap();
+
+        save_job(
+            Path::new("rustc"),
+            &[source.clone().into()],
+            &source,
+            &warnings,
+        );
+        let own = format!(".rustloop-probe-{}.rs", std::process::id());
+        assert_eq!(files(), [own.as_str(), ".rustloop-probe.json"]);
+        let job = ProbeJob::take(&warnings).unwrap();
+        assert_eq!(job.args, [OsString::from(dir.join(&own))]);
+        assert_eq!(files(), [own.as_str()]);
+
+        // a killed kernel's copy and job are gone when the next session starts
+        save_job(
+            Path::new("rustc"),
+            &[source.clone().into()],
+            &source,
+            &warnings,
+        );
+        std::fs::write(&untaken, "fn f() {}").unwrap();
+        clear_jobs(&warnings);
+        assert_eq!(files(), Vec::<String>::new());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
