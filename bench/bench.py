@@ -15,14 +15,15 @@ Figures (medians over N runs unless noted):
 evcxr_jupyter needs a separate `:dep tokio` cell before any `.await`; that cell's time is part of
 its first_await figure.
 
-Three more tables, in the same run (bench/responsive.py has the third):
+Four more tables, in the same run (bench/responsive.py has the last):
 - first cell by kind: a new session's first cell (`let`, `fn`, `struct`, `use`, `:dep`,
   `.await`, an expression) sent as soon as kernel_info is answered, kernel start -> its
   execute_reply; for ipykernel the Python counterpart of each;
 - warm cell by kind (medians of 7 in one warm session), with the physical floor of each: the
   same code as a bare `rustc --crate-type cdylib -C prefer-dynamic -C opt-level=0` function,
   compiled by the toolchain's rustc itself (the two-line function is printed too, also through
-  the rustup proxy);
+  the rustup proxy); then the same kinds and a cell with a type error, in that session, fresh
+  and after 40 cells that each define a function and a struct;
 - responsiveness and memory: completion and inspect latency right after start, right after a
   cell and warm; RSS of the kernel and its evaluation process idle and after 200 cells.
 
@@ -194,7 +195,16 @@ def first_cells(name, runs, python=False, needs_tokio_dep=False):
     return out
 
 
+# A cell with a type error (E0277), replied to with the error.
+ERROR_CELL = ("type error", 'let bad = w2 + "x";')
+# What a notebook has defined after a while: each of these cells adds a function and a struct.
+ITEM_CELL = ("fn item{i}(x: u64) -> u64 {{ (0..x).map(|y| y * {i}).sum() }}\n"
+             "#[derive(Debug, Clone)] pub struct S{i} {{ a: u64, b: String }}")
+GROWN_BY = 40
+
+
 def warm_cells(name, runs=7, needs_tokio_dep=False):
+    """Medians per kind in one warm session: (fresh, after GROWN_BY item cells)."""
     s = Session(name)
     s.kernel_info()
     if needs_tokio_dep:
@@ -202,16 +212,25 @@ def warm_cells(name, runs=7, needs_tokio_dep=False):
     s.run("let w2 = 2u32;")
     for _ in range(3):
         s.run("w2 + 1")
-    out = {}
-    for kind, template in WARM_CELLS:
-        times = []
-        for i in range(runs):
-            seconds, _, status = s.run(template.format(i=100 + i))
-            assert status == "ok", f"{name}: warm cell {kind!r} failed"
-            times.append(seconds)
-        out[kind] = statistics.median(times)
+
+    def kinds(first):
+        out = {}
+        for kind, template in WARM_CELLS + [ERROR_CELL]:
+            times = []
+            for i in range(runs):
+                seconds, _, status = s.run(template.format(i=first + i))
+                expected = "error" if (kind, template) == ERROR_CELL else "ok"
+                assert status == expected, f"{name}: warm cell {kind!r} replied {status}"
+                times.append(seconds)
+            out[kind] = statistics.median(times)
+        return out
+
+    fresh = kinds(100)
+    for i in range(GROWN_BY):
+        assert s.run(ITEM_CELL.format(i=i))[2] == "ok", f"{name}: item cell failed"
+    grown = kinds(200)
     s.close()
-    return out
+    return fresh, grown
 
 
 def toolchain_rustc():
@@ -267,9 +286,10 @@ def by_kind(runs, evcxr):
     print_table("first cell of a session, kernel start -> reply (median of %d)" % runs,
                 ["rustloop", "evcxr_jupyter", "ratio", "ipykernel"], rows)
 
-    warm = {"rustloop": warm_cells("rustloop")}
+    warm, grown = {}, {}
+    warm["rustloop"], grown["rustloop"] = warm_cells("rustloop")
     if evcxr:
-        warm["evcxr"] = warm_cells(evcxr, needs_tokio_dep=True)
+        warm["evcxr"], grown["evcxr"] = warm_cells(evcxr, needs_tokio_dep=True)
     rustc = toolchain_rustc()
     proxy_floor = rustc_floor()
     two_line_floor = rustc_floor(rustc=rustc)
@@ -284,6 +304,20 @@ def by_kind(runs, evcxr):
                 ["rustloop", "evcxr_jupyter", "ratio", "floor", "vs floor"], rows)
     print(f"two-line function, bare: {two_line_floor:.3f} s with the toolchain's rustc, "
           f"{proxy_floor:.3f} s through the rustup proxy (`rustc` on PATH)")
+    rows = []
+    for kind in [k for k, _ in WARM_CELLS] + [ERROR_CELL[0]]:
+        values = []
+        for kernel in ("rustloop", "evcxr"):
+            if kernel in warm:
+                values += [f"{warm[kernel][kind]:.3f} s", f"{grown[kernel][kind]:.3f} s"]
+            else:
+                values += ["-", "-"]
+        e = grown.get("evcxr", {}).get(kind)
+        values.append(f"{grown['rustloop'][kind] / e:.2f}" if e else "-")
+        rows.append((kind, values))
+    print_table(f"warm cell (median of 7), fresh and after {GROWN_BY} cells that each define "
+                "a fn and a struct (both kernels compile every earlier item again)",
+                ["rustloop", "+items", "evcxr_jupyter", "+items", "ratio +items"], rows)
 
 
 def main():
