@@ -16,9 +16,8 @@
 //! manifest or a missing job sends the build back through cargo, which saves a new job.
 //!
 //! A small cell crate compiles with one codegen unit and no incremental state, a large one as
-//! cargo would ([`cell_codegen`]); either
-//! links with `rustloop-link` (`src/bin/rustloop-link.rs`) when it is installed. An interrupt
-//! during a build stops it ([`kill_builds`]).
+//! cargo would ([`cell_codegen`]); both link with `rustloop-link` (`src/bin/rustloop-link.rs`)
+//! when it is installed. An interrupt during a build stops it ([`kill_builds`]).
 
 use super::store::{TypeGeneration, save_job, types_file};
 use super::warnings::keep_warnings;
