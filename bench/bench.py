@@ -170,6 +170,7 @@ FLOOR_CELLS = {
     "println!": "let w2 = 2u32; println!(\"hi {}\", w2);",
     "fn": "",
     "iterator": "println!(\"{:?}\", (0..15).map(|x| x * 2).sum::<u64>());",
+    "type error": "let w2 = 2u32; let bad = w2 + \"x\";",
 }
 FLOOR_ITEMS = {"fn": "pub fn f1(x: u32) -> u32 { x + 5 }\n"}
 
@@ -239,8 +240,9 @@ def toolchain_rustc():
     return str(Path(sysroot) / "bin" / "rustc")
 
 
-def rustc_floor(body="", items="", rustc="rustc", runs=7):
-    """A bare rustc of a cdylib with one function: what compiling a cell costs at least."""
+def rustc_floor(body="", items="", rustc="rustc", runs=7, fails=False):
+    """A bare rustc of a cdylib with one function: what compiling a cell costs at least.
+    `fails`: the body has a type error, so the floor is rustc reporting it."""
     tmp = Path(tempfile.mkdtemp(prefix="rustloop-floor-"))
     times = []
     for i in range(runs):
@@ -248,8 +250,10 @@ def rustc_floor(body="", items="", rustc="rustc", runs=7):
         (tmp / "cell.rs").write_text(
             f"{items}#[unsafe(no_mangle)]\npub extern \"C\" fn cell{i}() -> u32 {{ {body} 41 + 1 }}\n")
         t = time.monotonic()
-        subprocess.run([rustc, "--edition", "2024", "--crate-type", "cdylib", "-C", "prefer-dynamic",
-                        "-C", "opt-level=0", "cell.rs", "-o", f"libcell{i}.so"], cwd=tmp, check=True)
+        done = subprocess.run([rustc, "--edition", "2024", "--crate-type", "cdylib", "-C",
+                               "prefer-dynamic", "-C", "opt-level=0", "cell.rs", "-o",
+                               f"libcell{i}.so"], cwd=tmp, capture_output=True)
+        assert (done.returncode != 0) == fails, done.stderr.decode()
         times.append(time.monotonic() - t)
     return statistics.median(times)
 
@@ -270,6 +274,8 @@ def print_table(title, columns, rows):
 
 
 def by_kind(runs, evcxr):
+    """Prints the first-cell and warm-cell tables; returns the warm figures for `targets`:
+    {"warm": {kernel: {kind: s}}, "grown": ..., "floor": {kind: s}, "grown_floor": ...}."""
     ipy = ipykernel_spec()
     first = {"rustloop": first_cells("rustloop", runs)}
     if evcxr:
@@ -293,31 +299,75 @@ def by_kind(runs, evcxr):
     rustc = toolchain_rustc()
     proxy_floor = rustc_floor()
     two_line_floor = rustc_floor(rustc=rustc)
+    # The floor of a cell in the grown notebook has the same definitions before it.
+    grown_items = "".join(ITEM_CELL.format(i=i) + "\n" for i in range(GROWN_BY))
+    floor, grown_floor = {}, {}
+    for kind in FLOOR_CELLS:
+        items = FLOOR_ITEMS.get(kind, "")
+        fails = kind == ERROR_CELL[0]
+        floor[kind] = rustc_floor(FLOOR_CELLS[kind], items, rustc=rustc, fails=fails)
+        grown_floor[kind] = rustc_floor(FLOOR_CELLS[kind], grown_items + items, rustc=rustc,
+                                        fails=fails)
     rows = []
-    for kind, _ in WARM_CELLS:
+    for kind in FLOOR_CELLS:
         r = warm["rustloop"][kind]
         e = warm.get("evcxr", {}).get(kind)
-        floor = rustc_floor(FLOOR_CELLS[kind], FLOOR_ITEMS.get(kind, ""), rustc=rustc)
         rows.append((kind, [f"{r:.3f} s", f"{e:.3f} s" if e else "-",
-                            f"{r / e:.2f}" if e else "-", f"{floor:.3f} s", f"{r / floor:.2f}x"]))
+                            f"{r / e:.2f}" if e else "-", f"{floor[kind]:.3f} s",
+                            f"{r / floor[kind]:.2f}x"]))
     print_table("warm cell (median of 7); floor: the same code in a bare cdylib, toolchain rustc",
                 ["rustloop", "evcxr_jupyter", "ratio", "floor", "vs floor"], rows)
     print(f"two-line function, bare: {two_line_floor:.3f} s with the toolchain's rustc, "
           f"{proxy_floor:.3f} s through the rustup proxy (`rustc` on PATH)")
     rows = []
-    for kind in [k for k, _ in WARM_CELLS] + [ERROR_CELL[0]]:
-        values = []
-        for kernel in ("rustloop", "evcxr"):
-            if kernel in warm:
-                values += [f"{warm[kernel][kind]:.3f} s", f"{grown[kernel][kind]:.3f} s"]
-            else:
-                values += ["-", "-"]
+    for kind in FLOOR_CELLS:
+        r = grown["rustloop"][kind]
         e = grown.get("evcxr", {}).get(kind)
-        values.append(f"{grown['rustloop'][kind] / e:.2f}" if e else "-")
-        rows.append((kind, values))
-    print_table(f"warm cell (median of 7), fresh and after {GROWN_BY} cells that each define "
-                "a fn and a struct (both kernels compile every earlier item again)",
-                ["rustloop", "+items", "evcxr_jupyter", "+items", "ratio +items"], rows)
+        rows.append((kind, [f"{r:.3f} s", f"{e:.3f} s" if e else "-",
+                            f"{r / e:.2f}" if e else "-", f"{grown_floor[kind]:.3f} s",
+                            f"{r / grown_floor[kind]:.2f}x"]))
+    print_table(f"warm cell (median of 7) after {GROWN_BY} cells that each define a fn and a "
+                "struct (both kernels compile every earlier item again); floor: the same code "
+                "after the same definitions in a bare cdylib",
+                ["rustloop", "evcxr_jupyter", "ratio", "floor", "vs floor"], rows)
+    return {"warm": warm, "grown": grown, "floor": floor, "grown_floor": grown_floor}
+
+
+# Issue 10's targets: (what, limit); `targets` prints each figure against its limit.
+RATIO_LIMIT = 0.6         # warm cell, rustloop / evcxr_jupyter
+FLOOR_LIMIT = 1.5         # warm cell, rustloop / bare rustc of the same code
+REPLY_LIMIT = 0.25        # completion and inspect replies, seconds
+IDLE_RSS_LIMIT = 150      # kernel RSS before the first completion, MB
+
+
+def targets(kinds, responsiveness):
+    """One line per target figure of this run, `met` or `MISSED`; returns the misses."""
+    rows = []
+    if kinds:
+        for label, figures, floors in (("warm", kinds["warm"], kinds["floor"]),
+                                       (f"+{GROWN_BY} items", kinds["grown"],
+                                        kinds["grown_floor"])):
+            for kind, seconds in figures["rustloop"].items():
+                e = figures.get("evcxr", {}).get(kind)
+                if e:
+                    rows.append((f"{label} {kind}: vs evcxr_jupyter", seconds / e,
+                                 f"<= {RATIO_LIMIT}", seconds / e <= RATIO_LIMIT))
+                rows.append((f"{label} {kind}: vs floor", seconds / floors[kind],
+                             f"<= {FLOOR_LIMIT}", seconds / floors[kind] <= FLOOR_LIMIT))
+    if responsiveness:
+        for figure, (value, _) in responsiveness.items():
+            if figure.startswith(("complete", "inspect")):
+                rows.append((figure, value, f"< {REPLY_LIMIT} s", value < REPLY_LIMIT))
+        idle = responsiveness["RSS idle, kernel"][0]
+        rows.append(("RSS idle, kernel (MB)", idle, f"< {IDLE_RSS_LIMIT}",
+                     idle < IDLE_RSS_LIMIT))
+    print("\ntargets (issue 10), rustloop in this run")
+    for what, value, limit, ok in rows:
+        print(f"{what:<44}{value:>10.2f}  {limit:<8}{'met' if ok else 'MISSED':>8}")
+    missed = [what for what, _, _, ok in rows if not ok]
+    print(f"{len(rows) - len(missed)} of {len(rows)} met" + (
+        "; missed: " + ", ".join(missed) if missed else ""))
+    return missed
 
 
 def main():
@@ -328,16 +378,18 @@ def main():
     args = parser.parse_args()
     ensure_rustloop_spec()
     evcxr = evcxr_spec()
+    kinds = responsiveness = None
     if args.only in (None, "kinds"):
-        by_kind(args.runs, evcxr)
+        kinds = by_kind(args.runs, evcxr)
     if args.only in (None, "responsive"):
         kernels = [("rustloop", "rustloop", responsive.RUST, None)]
         if evcxr:
             kernels.append(("evcxr_jupyter", evcxr, responsive.RUST, EVCXR_TOKIO))
         if ipykernel_spec():
             kernels.append(("ipykernel", "python3", responsive.PYTHON, None))
-        responsive.table(Session, kernels)
+        responsiveness = responsive.table(Session, kernels)["rustloop"]
     if args.only in ("kinds", "responsive"):
+        targets(kinds, responsiveness)
         return
     results = {"rustloop": measure("rustloop", args.runs, needs_tokio_dep=False)}
     if evcxr:
@@ -354,6 +406,7 @@ def main():
         ratio = f"{value / other:.2f}" if other else "-"
         print(f"{key:<18} {fmt(value):>16} {fmt(other) if other else 'not installed':>16} "
               f"{ratio:>7}")
+    targets(kinds, responsiveness)
 
 
 if __name__ == "__main__":

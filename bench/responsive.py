@@ -139,7 +139,8 @@ def measure(session_class, name, lang, setup=None):
 
 
 def table(session_class, kernels):
-    """Runs `measure` for [(label, kernel name, lang, setup cell)] and prints one table."""
+    """Runs `measure` for [(label, kernel name, lang, setup cell)], prints one table and
+    returns the figures by label."""
     results = {
         label: measure(session_class, name, lang, setup)
         for label, name, lang, setup in kernels
@@ -160,3 +161,4 @@ def table(session_class, kernels):
     for label in labels:
         notes = [f"{f}: {n}" for f, (_, n) in results[label].items() if n and "match" in n]
         print(f"  {label}: " + "; ".join(notes))
+    return results
