@@ -16,6 +16,9 @@
 //!     if let Err(p) = run { panicked(p) }               // tells evcxr (fast lane: resume_unwind)
 //! };
 //! ```
+//! A cell that loads nothing hands its statements to the runtime instead,
+//! `rustloop::__store::run(lane, &mut || { .. })`, which catches the panic in code compiled
+//! once (the closure captures nothing, so it is a `FnMut`).
 //! so evcxr sees no top-level `let` and never guesses a type, and needs no `catch_unwind` of
 //! its own around the cell. Loaded variables stay outside the
 //! unwind boundary: a panic or an interrupt keeps them unless the cell moved them. A keep that

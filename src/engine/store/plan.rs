@@ -124,11 +124,22 @@ impl Variables {
         let mut body =
             String::from("{\n#[allow(unused_imports)] use rustloop::__store::kinds::*;\n");
         body.push_str(&load_lines);
-        body.push_str(if outline.tries {
-            "let __rustloop_run = ::std::panic::catch_unwind(::std::panic::AssertUnwindSafe(|| \
-             -> ::std::result::Result<(), rustloop::__store::CellError> {\n"
+        // A closure that captures no loaded variable can be called through `&mut dyn FnMut`,
+        // and the runtime's `run` catches its panic (compiled once there); one that may move a
+        // loaded variable is a `FnOnce`, caught here.
+        let caught_here = !loads.is_empty();
+        let returns = match outline.tries {
+            true => "-> ::std::result::Result<(), rustloop::__store::CellError> ",
+            false => "",
+        };
+        body.push_str(&if caught_here {
+            format!(
+                "let __rustloop_run = \
+                 ::std::panic::catch_unwind(::std::panic::AssertUnwindSafe(|| {returns}{{\n"
+            )
         } else {
-            "let __rustloop_run = ::std::panic::catch_unwind(::std::panic::AssertUnwindSafe(|| {\n"
+            let run = if outline.tries { "run_fallible" } else { "run" };
+            format!("rustloop::__store::{run}({lane}, &mut || {returns}{{\n")
         });
         let mut parts = vec![];
         for range in &outline.items {
@@ -165,7 +176,7 @@ impl Variables {
         if outline.tries {
             tail.push_str("Ok(())\n");
         }
-        tail.push_str("}));\n");
+        tail.push_str(if caught_here { "}));\n" } else { "});\n" });
         for name in &loads {
             if skip.contains_key(name) {
                 continue;
@@ -180,14 +191,16 @@ impl Variables {
                 tail.push_str(&keep_loaded);
             }
         }
-        tail.push_str(if lane {
-            // The fast lane's crate catches the panic again around the whole cell.
-            "if let Err(p) = __rustloop_run { ::std::panic::resume_unwind(p) }\n"
-        } else {
-            // The only catch in evcxr's crate: evcxr compiles planned cells without its own
-            // (`run.rs`), which saves each cell a second `catch_unwind` and a `println!`.
-            "if let Err(p) = __rustloop_run { rustloop::__store::panicked(p) }\n"
-        });
+        if caught_here {
+            tail.push_str(if lane {
+                // The fast lane's crate catches the panic again around the whole cell.
+                "if let Err(p) = __rustloop_run { ::std::panic::resume_unwind(p) }\n"
+            } else {
+                // The only catch in evcxr's crate: evcxr compiles planned cells without its own
+                // (`run.rs`), which saves each cell a second `catch_unwind` and a `println!`.
+                "if let Err(p) = __rustloop_run { rustloop::__store::panicked(p) }\n"
+            });
+        }
         if !checks.is_empty() {
             tail.push_str("}\n");
         }
@@ -337,6 +350,38 @@ mod tests {
             !code.contains("let n = v.len();\n}"),
             "statements stay in the closure"
         );
+    }
+
+    #[test]
+    fn a_cell_that_loads_nothing_is_caught_by_the_runtime() {
+        let mut vars = Variables::default();
+        let plan = |vars: &mut Variables, code: &str, lane: bool| {
+            vars.plan(
+                &prepare(code),
+                &BTreeMap::new(),
+                lane,
+                &Definitions::default(),
+            )
+            .unwrap()
+            .prepared
+            .code
+        };
+        let code = plan(&mut vars, "let n = 5 + 1;", false);
+        assert!(
+            code.contains("rustloop::__store::run(false, &mut || {\nlet n = 5 + 1;"),
+            "{code}"
+        );
+        assert!(code.contains("keep(\"n\", n, __rustloop_boxer)"), "{code}");
+        assert!(!code.contains("catch_unwind") && !code.contains("__rustloop_run"));
+        let code = plan(&mut vars, "let n: u8 = \"7\".parse()?;", true);
+        assert!(
+            code.contains(
+                "rustloop::__store::run_fallible(true, &mut || \
+                 -> ::std::result::Result<(), rustloop::__store::CellError> {"
+            ),
+            "{code}"
+        );
+        assert!(code.contains("Ok(())\n});"), "{code}");
     }
 
     #[test]

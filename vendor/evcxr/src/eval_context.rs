@@ -29,6 +29,7 @@ use crate::rust_analyzer::VariableInfo;
 use crate::toml_parse;
 use crate::use_trees::Import;
 use anyhow::Result;
+use indexmap::IndexMap;
 use once_cell::sync::Lazy;
 use ra_ap_ide::TextRange;
 use ra_ap_syntax::AstNode;
@@ -1269,7 +1270,9 @@ enum CompilationMode {
 /// succeeds, we keep the modified state, if it fails, we revert to the old state.
 #[derive(Clone, Debug)]
 pub struct ContextState {
-    items_by_name: HashMap<String, CodeBlock>,
+    // rustloop patch 5: in the order items were first defined (was a HashMap), so each
+    // cell's crate keeps earlier items where they were and rustc's incremental state holds.
+    items_by_name: IndexMap<String, CodeBlock>,
     unnamed_items: Vec<CodeBlock>,
     pub(crate) external_deps: HashMap<String, ExternalCrate>,
     // Keyed by crate name. Could use a set, except that the statement might be
@@ -1292,7 +1295,7 @@ pub struct ContextState {
 impl ContextState {
     fn new(config: Config) -> ContextState {
         ContextState {
-            items_by_name: HashMap::new(),
+            items_by_name: IndexMap::new(),
             unnamed_items: vec![],
             external_deps: HashMap::new(),
             extern_crate_stmts: HashMap::new(),
@@ -1990,7 +1993,7 @@ impl ContextState {
                                 // through away the state after we're done with analysis.
                                 crate::use_trees::use_tree_names_do(&use_tree, &mut |import| {
                                     if let Import::Named { name, .. } = import {
-                                        self.items_by_name.remove(&name);
+                                        self.items_by_name.shift_remove(&name);
                                     }
                                 });
                                 self.unnamed_items
