@@ -44,22 +44,63 @@ fn with<R>(f: impl FnOnce(&mut HashMap<String, Entry>) -> R) -> R {
 
 /// Keeps `value` under `name`, replacing what was there.
 ///
-/// Every cell that keeps a variable compiles its own copy of this function, so it only boxes
-/// the value; the store's work is in [`keep_erased`], compiled once in this library.
+/// Every cell that keeps a variable compiles its own copy of this function, so it only moves
+/// the value into memory from [`alloc_for`] and names its `Any` vtable; the allocation, the
+/// `Box` and the store's work are in this library, compiled once. (`Box::new` in the cell
+/// instantiated the allocator's inline path there: about 2 ms of each such cell's compile.)
 #[doc(hidden)]
 #[inline]
 pub fn keep<T: 'static>(name: &str, value: T, boxer: Option<Boxer>) {
-    keep_erased(name, Box::new(value), boxer, std::alloc::Layout::new::<T>());
+    let place = alloc_for(&value) as *mut T;
+    // SAFETY: `place` is memory for a `T`; `keep_raw` owns it and the value from here on.
+    unsafe {
+        place.write(value);
+        keep_raw(name, place, boxer);
+    }
 }
 
+/// Memory with the size and alignment of `value`, from the global allocator (a dangling,
+/// aligned address for a zero-sized value), as a `Box` of it would have.
 #[doc(hidden)]
 #[inline(never)]
-pub fn keep_erased(
-    name: &str,
-    value: Box<dyn Any>,
-    boxer: Option<Boxer>,
-    layout: std::alloc::Layout,
-) {
+pub fn alloc_for(value: &dyn Any) -> *mut u8 {
+    let layout = std::alloc::Layout::for_value(value);
+    if layout.size() == 0 {
+        return std::ptr::without_provenance_mut(layout.align());
+    }
+    // SAFETY: the size is not zero.
+    let place = unsafe { std::alloc::alloc(layout) };
+    if place.is_null() {
+        std::alloc::handle_alloc_error(layout)
+    }
+    place
+}
+
+/// The value at `value`, which a cell moved into memory from [`alloc_for`], as a box.
+///
+/// # Safety
+/// `value` points to an initialised value in memory [`alloc_for`] returned for a value of its
+/// type, and nothing else owns it.
+unsafe fn boxed(value: *mut dyn Any) -> Box<dyn Any> {
+    // SAFETY: allocated by the global allocator with the value's layout (dangling for a
+    // zero-sized value), which is what `Box` needs; the caller gives up the value.
+    unsafe { Box::from_raw(value) }
+}
+
+/// [`keep`]'s part compiled once.
+///
+/// # Safety
+/// As for [`boxed`].
+#[doc(hidden)]
+#[inline(never)]
+pub unsafe fn keep_raw(name: &str, value: *mut dyn Any, boxer: Option<Boxer>) {
+    // SAFETY: the caller's promise.
+    let value = unsafe { boxed(value) };
+    let layout = std::alloc::Layout::for_value(&*value);
+    keep_erased(name, value, boxer, layout);
+}
+
+fn keep_erased(name: &str, value: Box<dyn Any>, boxer: Option<Boxer>, layout: std::alloc::Layout) {
     let entry = Entry {
         value,
         boxer,
@@ -113,12 +154,24 @@ static TAKEN: Mutex<Option<HashMap<String, Option<Boxer>>>> = Mutex::new(None);
 #[doc(hidden)]
 #[inline]
 pub fn keep_loaded<T: 'static>(name: &str, value: T) {
-    keep_loaded_erased(name, Box::new(value), std::alloc::Layout::new::<T>());
+    let place = alloc_for(&value) as *mut T;
+    // SAFETY: as in `keep`.
+    unsafe {
+        place.write(value);
+        keep_loaded_raw(name, place);
+    }
 }
 
+/// [`keep_loaded`]'s part compiled once.
+///
+/// # Safety
+/// As for [`boxed`].
 #[doc(hidden)]
 #[inline(never)]
-pub fn keep_loaded_erased(name: &str, value: Box<dyn Any>, layout: std::alloc::Layout) {
+pub unsafe fn keep_loaded_raw(name: &str, value: *mut dyn Any) {
+    // SAFETY: the caller's promise.
+    let value = unsafe { boxed(value) };
+    let layout = std::alloc::Layout::for_value(&*value);
     let boxer = TAKEN
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -433,6 +486,41 @@ mod tests {
             !names().contains(&"v".to_owned()),
             "a mistyped value is dropped"
         );
+    }
+
+    #[test]
+    fn kept_values_are_moved_once_and_dropped_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static DROPS: AtomicUsize = AtomicUsize::new(0);
+        struct Counted(u64, [u8; 3]);
+        impl Drop for Counted {
+            fn drop(&mut self) {
+                DROPS.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        keep("counted_t", Counted(7, [1, 2, 3]), None);
+        assert_eq!(DROPS.load(Ordering::SeqCst), 0, "keeping moved the value");
+        let back = take::<Counted>("counted_t");
+        assert_eq!((back.0, back.1), (7, [1, 2, 3]));
+        keep_loaded("counted_t", back);
+        keep("counted_t", Counted(8, [0; 3]), None);
+        assert_eq!(
+            DROPS.load(Ordering::SeqCst),
+            1,
+            "the replaced value was dropped"
+        );
+        forget(&["counted_t"]);
+        assert_eq!(DROPS.load(Ordering::SeqCst), 2);
+        // Zero-sized values and over-aligned ones.
+        #[derive(Debug, PartialEq)]
+        struct Unit;
+        #[repr(align(64))]
+        #[derive(Debug, PartialEq)]
+        struct Wide(u8);
+        keep("unit_t", Unit, None);
+        keep("wide_t", Wide(9), None);
+        assert_eq!(take::<Unit>("unit_t"), Unit);
+        assert_eq!(take::<Wide>("wide_t"), Wide(9));
     }
 
     #[test]

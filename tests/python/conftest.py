@@ -5,12 +5,14 @@ The binary comes from $RUSTLOOP_BIN, else from the cargo target directory
 ($CARGO_TARGET_DIR, default ~/.cache/rustloop/target)/release/rustloop. `tests/run` builds it.
 """
 
+import json
 import os
 import queue
 import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -118,11 +120,94 @@ def stop_server(proc, log=None):
         log.close()
 
 
+def free_ports(ip, n):
+    """`n` distinct TCP ports on `ip` that were free a moment ago."""
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind((ip, 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
 def free_port():
     """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports("127.0.0.1", 1)[0]
+
+
+def connection_file(tmp_path, ip, ports=None):
+    """A connection file for a kernel started by hand, as a remote launcher writes it."""
+    ports = ports or free_ports("127.0.0.1", 5)
+    info = dict(zip(["shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"], ports))
+    info.update(ip=ip, transport="tcp", key=uuid.uuid4().hex, signature_scheme="hmac-sha256",
+                kernel_name="rustloop")
+    path = tmp_path / f"kernel-{uuid.uuid4().hex[:8]}.json"
+    path.write_text(json.dumps(info))
+    return path, info
+
+
+def shell_replies_until(kc, msg_id, timeout=CELL_TIMEOUT):
+    """All shell messages up to and including the reply to msg_id."""
+    got = []
+    end = time.monotonic() + timeout
+    while True:
+        msg = kc.get_shell_msg(timeout=max(0.1, end - time.monotonic()))
+        got.append(msg)
+        if msg["parent_header"].get("msg_id") == msg_id:
+            return got
+
+
+def shell_reply(kc, msg_id, timeout=CELL_TIMEOUT):
+    """The shell reply to msg_id (earlier shell messages are dropped)."""
+    return shell_replies_until(kc, msg_id, timeout)[-1]
+
+
+def control_request(kc, msg_type, content=None, timeout=30):
+    """Sends a request on the control channel; returns (reply, seconds until the reply)."""
+    msg = kc.session.msg(msg_type, content or {})
+    t0 = time.monotonic()
+    kc.control_channel.send(msg)
+    while True:
+        reply = kc.get_control_msg(timeout=timeout)
+        if reply["parent_header"].get("msg_id") == msg["header"]["msg_id"]:
+            return reply, time.monotonic() - t0
+
+
+def assert_responsive(k):
+    """kernel_info on shell and a trivial cell both still work."""
+    k.kc.kernel_info()
+    reply = k.kc.get_shell_msg(timeout=30)
+    while reply["msg_type"] != "kernel_info_reply":
+        reply = k.kc.get_shell_msg(timeout=30)
+    assert reply["content"]["status"] == "ok"
+    assert reply["content"]["implementation"] == "rustloop"
+    content, outputs = k.execute("20 + 22")
+    assert content["status"] == "ok", content
+    assert result_of(outputs) == "42"
+
+
+# What tokio says when a cell runs outside the runtime: never acceptable in a cell's output.
+NO_REACTOR = "no reactor running"
+
+
+def ok(k, code, **kw):
+    """Runs a cell that must succeed; returns its outputs."""
+    content, outputs = k.execute(code, **kw)
+    assert content["status"] == "ok", f"cell failed:\n{code}\n-> {content}\noutputs: {outputs}"
+    text = stdout_of(outputs) + stderr_of(outputs)
+    assert NO_REACTOR not in text, text
+    return outputs
+
+
+def value(k, code, **kw):
+    """text/plain of a cell's execute_result."""
+    outputs = ok(k, code, **kw)
+    res = result_of(outputs)
+    assert res is not None, f"no execute_result for:\n{code}\noutputs: {outputs}"
+    return res
 
 
 def stdout_of(outputs):
@@ -144,6 +229,14 @@ def kernel():
     k = Kernel()
     yield k
     k.shutdown()
+
+
+@pytest.fixture(scope="module")
+def warm(kernel):
+    """The module kernel after its first (slow) cell."""
+    content, _ = kernel.execute("let warm_marker = 1u8;", timeout=FIRST_CELL_TIMEOUT)
+    assert content["status"] == "ok", content
+    return kernel
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ whole module; it finds rustloop through the JUPYTER_PATH conftest.py set up.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ from conftest import (
     rustloop_bin,
     stop_server,
 )
-from test_hostile import processes, session_of, wait_for
+from processes import processes, session_of, wait_for
 
 
 class Gateway:

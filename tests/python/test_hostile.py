@@ -19,83 +19,13 @@ import zmq
 from jupyter_client.session import Session
 
 from conftest import Kernel, result_of
+from processes import evaluation_pids, kernel_pid, orphans, wait_for
 
 GREETING = bytes([0xFF] + [0] * 8 + [0x7F, 3, 0]) + b"NULL".ljust(20, b"\0") + bytes(32)
 SOCKET_TYPE = {"shell": b"DEALER", "control": b"DEALER", "stdin": b"DEALER",
                "iopub": b"SUB", "hb": b"REQ"}
 CHANNELS = list(SOCKET_TYPE)
 LYING = {"4 EiB": 1 << 62, "64 GiB": 64 << 30, "limit + 1": 256 * 1024 * 1024 + 1}
-
-
-# --------------------------------------------------------------------------------------------
-# processes
-
-
-def _stat(pid):
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text.rsplit(")", 1)[1].split()
-    comm = text[text.index("(") + 1:text.rindex(")")]
-    return {"state": fields[0], "ppid": int(fields[1]), "pgrp": int(fields[2]),
-            "sid": int(fields[3]), "start": int(fields[19]), "comm": comm}
-
-
-def processes():
-    out = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (s := _stat(int(entry))) and s["state"] not in "ZX":
-            out[int(entry)] = s
-    return out
-
-
-def descendants(pid, procs=None):
-    procs = procs or processes()
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {p for p, s in procs.items() if s["ppid"] in frontier and p not in found}
-        found |= frontier
-    return found
-
-
-def session_of(kpid):
-    """Live processes of the kernel's session (Jupyter starts it in a new one): {pid: stat}."""
-    return {p: s for p, s in processes().items() if s["sid"] == kpid and p != kpid}
-
-
-def orphans(kpid):
-    """Processes of the kernel's session that are no longer below the kernel."""
-    procs = processes()
-    below = descendants(kpid, procs)
-    return {p: s["comm"] for p, s in procs.items()
-            if s["sid"] == kpid and p != kpid and p not in below}
-
-
-def kernel_pid(k):
-    return k.km.provisioner.process.pid
-
-
-def evaluation_pids(k):
-    binary = os.path.realpath(k.km.kernel_spec.argv[0])
-    pids = set()
-    for p, s in processes().items():
-        if s["ppid"] == kernel_pid(k):
-            try:
-                if os.path.realpath(f"/proc/{p}/exe") == binary:
-                    pids.add(p)
-            except OSError:
-                pass
-    return pids
-
-
-def wait_for(predicate, timeout, interval=0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,21 +7,7 @@ import time
 
 import pytest
 
-from conftest import CELL_TIMEOUT, FIRST_CELL_TIMEOUT, Kernel, result_of
-
-
-@pytest.fixture(scope="module")
-def warm(kernel):
-    content, _ = kernel.execute("let lab_marker = 1u8;", timeout=FIRST_CELL_TIMEOUT)
-    assert content["status"] == "ok", content
-    return kernel
-
-
-def reply_to(kc, msg_id, timeout=CELL_TIMEOUT):
-    while True:
-        msg = kc.get_shell_msg(timeout=timeout)
-        if msg["parent_header"].get("msg_id") == msg_id:
-            return msg
+from conftest import FIRST_CELL_TIMEOUT, Kernel, result_of, shell_reply
 
 
 def test_aborted_cells_get_no_execution_count(warm):
@@ -30,7 +16,7 @@ def test_aborted_cells_get_no_execution_count(warm):
     null), with no execute_input, and they do not advance the counter."""
     kc = warm.kc
     ids = [kc.execute(code) for code in ("1", 'panic!("boom")', "3", "4")]
-    replies = [reply_to(kc, i)["content"] for i in ids]
+    replies = [shell_reply(kc, i)["content"] for i in ids]
     first = replies[0]["execution_count"]
     assert replies[0]["status"] == "ok"
     assert replies[1]["status"] == "error" and replies[1]["execution_count"] == first + 1
@@ -60,11 +46,11 @@ def test_panic_alone_names_the_cell_line(warm):
 
 def complete(kc, code, cursor=None):
     msg_id = kc.complete(code, len(code) if cursor is None else cursor)
-    return reply_to(kc, msg_id)["content"]
+    return shell_reply(kc, msg_id)["content"]
 
 
 def inspect(kc, code):
-    return reply_to(kc, kc.inspect(code, len(code)))["content"]
+    return shell_reply(kc, kc.inspect(code, len(code)))["content"]
 
 
 def once_analysis_answers(request, answered, seconds=120):
@@ -128,7 +114,7 @@ def test_history_search_with_a_star_in_the_code(warm):
     kc = warm.kc
     for pattern in ("6 *", "6 ? 7", "*[*] 7"):
         msg_id = kc.history(hist_access_type="search", pattern=pattern, output=False, raw=True)
-        found = [h[2] for h in reply_to(kc, msg_id)["content"]["history"]]
+        found = [h[2] for h in shell_reply(kc, msg_id)["content"]["history"]]
         assert "6 * 7" in found, (pattern, found)
 
 
@@ -142,9 +128,9 @@ def test_late_task_output_stays_under_its_cell(warm):
         '    println!("late from A");\n'
         "});"
     )
-    assert reply_to(kc, a)["content"]["status"] == "ok"
+    assert shell_reply(kc, a)["content"]["status"] == "ok"
     b = kc.execute("1 + 1")
-    assert reply_to(kc, b)["content"]["status"] == "ok"
+    assert shell_reply(kc, b)["content"]["status"] == "ok"
     parents = [
         m["parent_header"].get("msg_id")
         for m in warm.drain_iopub(4.0)

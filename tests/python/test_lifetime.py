@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import Kernel
-from test_hostile import _stat, kernel_pid, session_of, wait_for
+from processes import assert_all_gone, kernel_pid, session_of, wait_for
 
 
 
@@ -49,13 +49,6 @@ def start_slow_compile(k, cell):
     return kpid, snap
 
 
-def assert_gone(snap, after, timeout=15):
-    def left():
-        return {p: s["comm"] for p, s in snap.items()
-                if (now := _stat(p)) and now["start"] == s["start"] and now["state"] not in "ZX"}
-    assert wait_for(lambda: not left(), timeout), f"left running {after}: {left()}"
-
-
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("path", list(SLOW_CELLS))
 def test_kill_9_during_slow_compile_leaves_nothing(path):
@@ -65,7 +58,7 @@ def test_kill_9_during_slow_compile_leaves_nothing(path):
             k.execute("let warm = 1;")
         kpid, snap = start_slow_compile(k, SLOW_CELLS[path])
         os.kill(kpid, signal.SIGKILL)
-        assert_gone(snap, "after kill -9 of the kernel")
+        assert_all_gone(snap, "after kill -9 of the kernel")
         assert session_of(kpid) == {}
     finally:
         try:
@@ -82,7 +75,7 @@ def test_shutdown_during_slow_compile_leaves_nothing():
         msg = k.kc.session.msg("shutdown_request", {"restart": False})
         k.kc.control_channel.send(msg)
         assert wait_for(lambda: not k.km.is_alive(), 20)
-        assert_gone(snap, "after shutdown_request")
+        assert_all_gone(snap, "after shutdown_request")
         assert session_of(kpid) == {}
     finally:
         try:
@@ -105,7 +98,7 @@ def test_processes_started_by_cells_die_with_the_kernel():
         assert wait_for(lambda: "sleep" in {s["comm"] for s in session_of(kpid).values()}, 10)
         snap = session_of(kpid)
         os.kill(kpid, signal.SIGKILL)
-        assert_gone(snap, "after kill -9 of the kernel")
+        assert_all_gone(snap, "after kill -9 of the kernel")
     finally:
         try:
             k.shutdown()

@@ -1,132 +1,33 @@
-"""Jupyter protocol coverage with jupyter_client (DESIGN.md sections 6 and 7).
+"""Jupyter protocol coverage with jupyter_client (DESIGN.md sections 6 and 7): signatures and
+malformed input, stop_on_error, execution counts, user_expressions, comms, history,
+is_complete, stdin, display ids and result bundles. The kernel's life (control during a cell,
+shutdown, restart, SIGINT, transports, no orphans) is in test_lifecycle.py.
 
-Most tests share one kernel (`kernel` fixture); tests that shut the kernel down, kill it,
-restart it or need a pristine execution counter take a `fresh_kernel` or start their own.
+Most tests share one kernel (`warm`); a test that needs a pristine execution counter takes a
+`fresh_kernel`.
 """
 
 import hashlib
 import hmac
 import json
-import os
 import queue
-import signal
 import time
 import uuid
-from pathlib import Path
 
 import pytest
-from jupyter_client.manager import KernelManager
 from jupyter_client.session import Session
 
 from conftest import (
     CELL_TIMEOUT,
-    FIRST_CELL_TIMEOUT,
-    KERNEL_NAME,
+    assert_responsive,
+    control_request,
     result_of,
+    shell_replies_until,
     stdout_of,
 )
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def kernel_pid(k):
-    return k.km.provisioner.process.pid
-
-
-def _ppid_map():
-    """{pid: ppid} for every process visible in /proc."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        # comm may contain spaces/parens: the fields after the last ')' are fixed.
-        fields = stat.rsplit(")", 1)[1].split()
-        out[int(entry)] = int(fields[1])
-    return out
-
-
-def descendants(pid):
-    """pids of all live descendants of `pid` (children, grandchildren, ...)."""
-    ppids = _ppid_map()
-    found, frontier = set(), {pid}
-    while frontier:
-        children = {p for p, pp in ppids.items() if pp in frontier and p not in found}
-        found |= children
-        frontier = children
-    return found
-
-
-def _start_time(pid):
-    """Process start time (jiffies since boot), or None when the pid is gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
-
-
-def snapshot(pids):
-    """{pid: start time} so that a later pid reuse is not mistaken for a survivor."""
-    return {p: t for p in pids if (t := _start_time(p)) is not None}
-
-
-def survivors(snap):
-    return [p for p, t in snap.items() if _start_time(p) == t]
-
-
-def assert_all_gone(snap, after, evaluators=None, timeout=20):
-    """Every process in `snap` exits within `timeout` s."""
-    note = f" (evaluation processes were {evaluators})" if evaluators is not None else ""
-    assert wait_for(lambda: not survivors(snap), timeout), (
-        f"processes left {after}: {survivors(snap)}{note}"
-    )
-
-
-def wait_for(predicate, timeout, interval=0.1):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
-
-
-def evaluator_pids(k, timeout=60):
-    """The kernel's evaluation process(es): children running the rustloop binary."""
-    kpid = kernel_pid(k)
-    binary = os.path.realpath(k.km.kernel_spec.argv[0])
-
-    def find():
-        pids = []
-        for p in descendants(kpid):
-            try:
-                if os.path.realpath(f"/proc/{p}/exe") == binary:
-                    pids.append(p)
-            except OSError:
-                pass
-        return pids
-
-    assert wait_for(lambda: bool(find()), timeout), "no evaluation process appeared"
-    return find()
-
-
-def shell_replies_until(kc, msg_id, timeout):
-    """All shell messages up to and including the reply to msg_id."""
-    got = []
-    end = time.monotonic() + timeout
-    while True:
-        msg = kc.get_shell_msg(timeout=max(0.1, end - time.monotonic()))
-        got.append(msg)
-        if msg["parent_header"].get("msg_id") == msg_id:
-            return got
 
 
 def iopub_for(k, msg_id, timeout):
@@ -142,42 +43,10 @@ def iopub_for(k, msg_id, timeout):
             return msgs
 
 
-def control_request(kc, msg_type, content=None, timeout=30):
-    """Sends a request on the control channel; returns (reply, seconds until the reply)."""
-    msg = kc.session.msg(msg_type, content or {})
-    t0 = time.monotonic()
-    kc.control_channel.send(msg)
-    while True:
-        reply = kc.get_control_msg(timeout=timeout)
-        if reply["parent_header"].get("msg_id") == msg["header"]["msg_id"]:
-            return reply, time.monotonic() - t0
-
-
-def assert_responsive(k):
-    """kernel_info on shell and a trivial cell both still work."""
-    k.kc.kernel_info()
-    reply = k.kc.get_shell_msg(timeout=30)
-    while reply["msg_type"] != "kernel_info_reply":
-        reply = k.kc.get_shell_msg(timeout=30)
-    assert reply["content"]["status"] == "ok"
-    assert reply["content"]["implementation"] == "rustloop"
-    content, outputs = k.execute("20 + 22")
-    assert content["status"] == "ok", content
-    assert result_of(outputs) == "42"
-
-
 def last_count(k):
     content, _ = k.execute("()")
     assert content["status"] == "ok", content
     return content["execution_count"]
-
-
-@pytest.fixture(scope="module")
-def warm(kernel):
-    """The module kernel after its first (slow) cell."""
-    content, _ = kernel.execute("let warm_marker = 1u8;", timeout=FIRST_CELL_TIMEOUT)
-    assert content["status"] == "ok", content
-    return kernel
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,68 +180,6 @@ def test_malformed_input_does_not_crash(warm):
     assert_responsive(k)
     reply, _ = control_request(kc, "kernel_info_request", timeout=30)
     assert reply["content"]["status"] == "ok"
-
-
-# --------------------------------------------------------------------------------------------
-# (b) control and heartbeat while a long cell runs
-
-
-@pytest.mark.timeout(120)
-def test_control_answers_during_long_cell(warm):
-    k = warm
-    kc = k.kc
-    msg_id = kc.execute(
-        "tokio::time::sleep(std::time::Duration::from_secs(10)).await;\n"
-        'println!("slept the whole time");'
-    )
-    time.sleep(1.5)  # let the cell start waiting
-
-    reply, took = control_request(kc, "kernel_info_request", timeout=9)
-    assert reply["msg_type"] == "kernel_info_reply"
-    assert reply["content"]["status"] == "ok"
-    assert took < 3.0, f"kernel_info on control took {took:.2f}s during a running cell"
-
-    assert kc.hb_channel.is_beating(), "heartbeat stopped while a cell runs"
-
-    t0 = time.monotonic()
-    reply, took = control_request(kc, "interrupt_request", timeout=9)
-    assert reply["msg_type"] == "interrupt_reply"
-    assert reply["content"]["status"] == "ok"
-    assert took < 3.0, f"interrupt_request took {took:.2f}s to be answered"
-
-    shell = shell_replies_until(kc, msg_id, 30)[-1]
-    elapsed = time.monotonic() - t0
-    assert shell["content"]["status"] == "error"
-    assert shell["content"]["ename"] == "KeyboardInterrupt"
-    assert elapsed < 5.0, f"cell ended {elapsed:.2f}s after the interrupt"
-    outputs = k.collect_iopub(msg_id)
-    assert "slept the whole time" not in stdout_of(outputs)
-    assert_responsive(k)
-
-
-@pytest.mark.timeout(180)
-def test_shutdown_on_control_during_long_cell(fresh_kernel):
-    k = fresh_kernel
-    kc = k.kc
-    content, _ = k.execute("let a = 1;")
-    assert content["status"] == "ok", content
-    kpid = kernel_pid(k)
-    evaluators = evaluator_pids(k)
-    before = snapshot(descendants(kpid))
-    assert before, "the kernel has no child processes to check"
-
-    kc.execute("tokio::time::sleep(std::time::Duration::from_secs(10)).await;")
-    time.sleep(1.5)
-    before = snapshot(descendants(kpid) | set(before))
-
-    reply, took = control_request(kc, "shutdown_request", {"restart": False}, timeout=9)
-    assert reply["msg_type"] == "shutdown_reply"
-    assert reply["content"]["status"] == "ok"
-    assert reply["content"]["restart"] is False
-    assert took < 5.0, f"shutdown_reply took {took:.2f}s"
-
-    assert wait_for(lambda: not k.km.is_alive(), 20), "kernel process still alive after shutdown"
-    assert_all_gone(before, "behind by the kernel", evaluators)
 
 
 # --------------------------------------------------------------------------------------------
@@ -631,113 +438,6 @@ def test_is_complete(warm, code, status):
     assert reply["content"]["status"] == status, (code, reply["content"])
     if status == "incomplete":
         assert "indent" in reply["content"]
-
-
-# --------------------------------------------------------------------------------------------
-# (i) transports
-
-
-def test_tcp_transport(warm):
-    info = warm.km.get_connection_info()
-    assert info["transport"] == "tcp"
-    content, outputs = warm.execute('println!("over tcp");')
-    assert content["status"] == "ok"
-    assert "over tcp" in stdout_of(outputs)
-
-
-@pytest.mark.timeout(300)
-def test_ipc_transport(tmp_path):
-    km = KernelManager(kernel_name=KERNEL_NAME, transport="ipc")
-    km.ip = str(tmp_path / "kernel-ipc")
-    km.start_kernel()
-    kc = km.client()
-    try:
-        kc.start_channels()
-        kc.wait_for_ready(timeout=60)
-        info = km.get_connection_info()
-        assert info["transport"] == "ipc"
-        # the sockets are files next to km.ip
-        assert any(p.name.startswith("kernel-ipc") for p in tmp_path.iterdir())
-
-        msg_id = kc.execute('println!("over ipc");\n40 + 2')
-        reply = kc.get_shell_msg(timeout=FIRST_CELL_TIMEOUT)
-        while reply["parent_header"].get("msg_id") != msg_id:
-            reply = kc.get_shell_msg(timeout=FIRST_CELL_TIMEOUT)
-        assert reply["content"]["status"] == "ok", reply["content"]
-        stdout, result = "", None
-        while True:
-            msg = kc.get_iopub_msg(timeout=30)
-            if msg["parent_header"].get("msg_id") != msg_id:
-                continue
-            if msg["msg_type"] == "stream":
-                stdout += msg["content"]["text"]
-            if msg["msg_type"] == "execute_result":
-                result = msg["content"]["data"]["text/plain"]
-            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                break
-        assert "over ipc" in stdout
-        assert result == "42"
-        assert kc.hb_channel.is_beating()
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=False)
-
-
-# --------------------------------------------------------------------------------------------
-# (j) SIGINT
-
-
-@pytest.mark.timeout(120)
-def test_sigint_interrupts_await(warm):
-    k = warm
-    kc = k.kc
-    content, _ = k.execute("let before_sigint = 11u32;")
-    assert content["status"] == "ok"
-    msg_id = kc.execute("tokio::time::sleep(std::time::Duration::from_secs(10)).await;")
-    time.sleep(1.5)
-    t0 = time.monotonic()
-    os.kill(kernel_pid(k), signal.SIGINT)
-    reply = shell_replies_until(kc, msg_id, 30)[-1]["content"]
-    took = time.monotonic() - t0
-    assert reply["status"] == "error"
-    assert reply["ename"] == "KeyboardInterrupt"
-    assert took < 5.0, f"SIGINT took {took:.2f}s to end the cell"
-    k.collect_iopub(msg_id)
-    assert k.km.is_alive()
-    content, outputs = k.execute("before_sigint")
-    assert result_of(outputs) == "11"
-
-
-# --------------------------------------------------------------------------------------------
-# section 7: no orphaned evaluation processes
-
-
-@pytest.mark.timeout(180)
-def test_no_orphans_after_kernel_killed(fresh_kernel):
-    k = fresh_kernel
-    evaluators = evaluator_pids(k)
-    snap = snapshot(descendants(kernel_pid(k)))
-    k.km.provisioner.process.send_signal(signal.SIGKILL)
-    assert wait_for(lambda: not k.km.is_alive(), 10)
-    assert_all_gone(snap, "after SIGKILL of the kernel", evaluators)
-
-
-@pytest.mark.timeout(300)
-def test_restart_leaves_no_orphans(fresh_kernel):
-    k = fresh_kernel
-    content, _ = k.execute("let before_restart = 1;")
-    assert content["status"] == "ok"
-    old_pid = kernel_pid(k)
-    snap = snapshot(descendants(old_pid) | {old_pid})
-    k.km.restart_kernel(now=False)
-    assert kernel_pid(k) != old_pid
-    assert_all_gone(snap, "after restart")
-    k.kc.wait_for_ready(timeout=60)
-    k.first = True
-    content, outputs = k.execute("before_restart")
-    assert content["status"] == "error", "a variable survived a kernel restart"
-    content, outputs = k.execute("1 + 1")
-    assert result_of(outputs) == "2"
 
 
 # --------------------------------------------------------------------------------------------

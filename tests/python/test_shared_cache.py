@@ -16,15 +16,13 @@ import shutil
 import subprocess
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 from jupyter_client import BlockingKernelClient
 
-from conftest import CELL_TIMEOUT, rustloop_bin, stop_server
-from test_transport import connection_file
-from test_hostile import wait_for
+from conftest import CELL_TIMEOUT, connection_file, rustloop_bin, stop_server
+from processes import wait_for
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="creating the two unprivileged users needs root")

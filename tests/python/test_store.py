@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import FIRST_CELL_TIMEOUT, Kernel, result_of, stderr_of, stdout_of
-from test_async import ok, value
+from conftest import ok, value
 
 
 @pytest.fixture(scope="module")

@@ -2,45 +2,21 @@
 spawners) hand them over: the kernel binds exactly the IP its connection file names, including
 0.0.0.0 when asked, and nothing wider; a port that is already taken ends the kernel at once with
 one clear line on stderr and a non-zero status. (The ipc transport is covered by
-test_protocol.py::test_ipc_transport.)
+test_lifecycle.py::test_ipc_transport.)
 
 The kernel is started directly from a hand-written connection file, as a launcher does.
 """
 
-import json
 import os
 import socket
 import subprocess
-import uuid
 from pathlib import Path
 
 import pytest
 from jupyter_client import BlockingKernelClient
 
-from conftest import rustloop_bin, stop_server
-from test_hostile import wait_for
-
-
-def free_ports(ip, n):
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind((ip, 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
-
-
-def connection_file(tmp_path, ip, ports=None):
-    ports = ports or free_ports("127.0.0.1", 5)
-    info = dict(zip(["shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"], ports))
-    info.update(ip=ip, transport="tcp", key=uuid.uuid4().hex, signature_scheme="hmac-sha256",
-                kernel_name="rustloop")
-    path = tmp_path / f"kernel-{uuid.uuid4().hex[:8]}.json"
-    path.write_text(json.dumps(info))
-    return path, info
+from conftest import connection_file, free_ports, rustloop_bin, stop_server
+from processes import wait_for
 
 
 def listening(pid):

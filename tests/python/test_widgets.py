@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from conftest import FIRST_CELL_TIMEOUT, result_of, stdout_of
+from conftest import FIRST_CELL_TIMEOUT, result_of
 
 ipywidgets = pytest.importorskip("ipywidgets")
 
@@ -285,7 +285,6 @@ def test_drop_closes_the_comm_when_the_last_clone_goes(k):
     did = view_id(msgs)
     parts = [r[len("IPY_MODEL_"):] for r in (opened(msgs)[did]["content"]["data"]["state"][p]
                                                for p in ("layout", "style"))]
-    io = Iopub(k)
     content, msgs = run(k, "drop(d);")
     assert content["status"] == "ok", content
     assert not [m for m in msgs if m["msg_type"] == "comm_close"]

@@ -17,6 +17,11 @@ pub struct Outline {
     pub statements: Vec<Range<usize>>,
     /// Names bound by top-level `let`s, in order of their last binding.
     pub bound: Vec<String>,
+    /// Those of [`Outline::bound`] whose last `let` shows that their type can be written: a
+    /// written type (without `_` or `impl`), or a value made of literals (`5 + 1`, `-2.5`,
+    /// `("a", 'b')`, `[0u8; 4]`). Their keep needs no kind dispatch: only futures, iterators
+    /// and closures, whose types cannot be written, are ever boxed.
+    pub plain: BTreeSet<String>,
     /// Every identifier the statements mention, including `{name}` in format strings.
     pub mentioned: BTreeSet<String>,
     /// A `?` at the top level (the cell returns early with an error).
@@ -63,7 +68,9 @@ impl Prepared {
                 outline.items.push(range(node.text_range()));
                 continue;
             }
-            if let Some(pat) = ast::LetStmt::cast(node.clone()).and_then(|l| l.pat()) {
+            let let_stmt = ast::LetStmt::cast(node.clone());
+            if let Some((stmt, pat)) = let_stmt.and_then(|l| Some((l.clone(), l.pat()?))) {
+                let plain = written_type(&stmt);
                 for ident in pat.syntax().descendants().filter_map(ast::IdentPat::cast) {
                     let Some(name) = ident.name().map(|n| n.text().to_string()) else {
                         continue;
@@ -73,6 +80,10 @@ impl Prepared {
                         continue;
                     }
                     outline.bound.retain(|b| *b != name);
+                    match plain {
+                        true => outline.plain.insert(name.clone()),
+                        false => outline.plain.remove(&name),
+                    };
                     outline.bound.push(name);
                 }
             }
@@ -158,6 +169,45 @@ impl SourceMap {
     }
 }
 
+/// Whether the types of all of `stmt`'s bindings can be written without looking: its type is
+/// written out, or its value is made of literals.
+fn written_type(stmt: &ast::LetStmt) -> bool {
+    match stmt.ty() {
+        Some(ty) => !ty
+            .syntax()
+            .descendants()
+            .any(|n| ast::InferType::can_cast(n.kind()) || ast::ImplTraitType::can_cast(n.kind())),
+        None => stmt.initializer().is_some_and(|e| literals_only(&e)),
+    }
+}
+
+/// A value made only of literals, with operators, casts, tuples and arrays.
+fn literals_only(expr: &ast::Expr) -> bool {
+    let all = |mut exprs: ast::AstChildren<ast::Expr>| exprs.all(|e| literals_only(&e));
+    let inner = |e: Option<ast::Expr>| e.is_some_and(|e| literals_only(&e));
+    match expr {
+        ast::Expr::Literal(_) => true,
+        ast::Expr::ParenExpr(e) => inner(e.expr()),
+        ast::Expr::PrefixExpr(e) => e.op_kind() != Some(ast::UnaryOp::Deref) && inner(e.expr()),
+        ast::Expr::BinExpr(e) => {
+            !matches!(e.op_kind(), None | Some(ast::BinaryOp::Assignment { .. }))
+                && inner(e.lhs())
+                && inner(e.rhs())
+        }
+        ast::Expr::CastExpr(e) => {
+            inner(e.expr())
+                && e.ty().is_some_and(|t| {
+                    !t.syntax()
+                        .descendants()
+                        .any(|n| ast::InferType::can_cast(n.kind()))
+                })
+        }
+        ast::Expr::TupleExpr(e) => all(e.fields()),
+        ast::Expr::ArrayExpr(e) => all(e.exprs()),
+        _ => false,
+    }
+}
+
 /// Names captured by a format string (`"{x}"`, `"{x:?}"`, `"{x:>w$}"`).
 fn format_captures(literal: &str, names: &mut BTreeSet<String>) {
     let mut rest = literal;
@@ -231,6 +281,23 @@ mod tests {
         assert_eq!(assembled.original_offset(at), 0);
         let g = assembled.code.find("fn g").unwrap();
         assert_eq!(assembled.original_offset(g), cell.find("fn g").unwrap());
+    }
+
+    #[test]
+    fn lets_of_written_types_and_literals_are_plain() {
+        let outline = prepare(
+            "let a = 5 + 1;\nlet b: Vec<u8> = Vec::new();\nlet (c, d) = (\"x\", -2.5);\n\
+             let e = [0u8; 4];\nlet f = 3 as u64;\nlet g = (0..3).map(|x| x);\nlet h = || 1;\n\
+             let i: Vec<_> = vec![];\nlet j: impl Fn() = || ();\nlet k = x;\nlet a = k;",
+        )
+        .outline()
+        .unwrap();
+        let plain: Vec<&str> = outline.plain.iter().map(String::as_str).collect();
+        assert_eq!(
+            plain,
+            ["b", "c", "d", "e", "f"],
+            "`a` was bound again to a variable"
+        );
     }
 
     #[test]

@@ -114,12 +114,17 @@ impl Variables {
                 &format!("rustloop::__store::forget(&[{}]);\n", names.join(", ")),
             );
         }
-        let keep = |name: &str| {
-            format!(
+        // A value whose type can be written is never boxed, so it needs no kind dispatch
+        // (which costs each cell about 3 ms of type checking).
+        let keep = |name: &str| match outline.plain.contains(name) {
+            true => {
+                format!("rustloop::__store::keep(\"{name}\", {name}, None); {KEEP_MARK}{name}\n")
+            }
+            false => format!(
                 "{{ let __rustloop_boxer = (&&&&&&&&rustloop::__store::Keep(&{name})).boxer(); \
                  rustloop::__store::keep(\"{name}\", {name}, __rustloop_boxer); }} \
                  {KEEP_MARK}{name}\n"
-            )
+            ),
         };
         let mut body =
             String::from("{\n#[allow(unused_imports)] use rustloop::__store::kinds::*;\n");
@@ -162,11 +167,15 @@ impl Variables {
             }
             tail.push_str(&format!(
                 "#[cfg(rustloop_probe)] rustloop::__store::probe(&{name}); \
-                 // rustloop-probe own {name}\n\
-                 #[cfg(rustloop_probe)] rustloop::__store::probe(\
-                 &(&&&&&&&&rustloop::__store::Keep(&{name})).boxed_form()); \
-                 // rustloop-probe boxed {name}\n"
+                 // rustloop-probe own {name}\n"
             ));
+            if !outline.plain.contains(name) {
+                tail.push_str(&format!(
+                    "#[cfg(rustloop_probe)] rustloop::__store::probe(\
+                     &(&&&&&&&&rustloop::__store::Keep(&{name})).boxed_form()); \
+                     // rustloop-probe boxed {name}\n"
+                ));
+            }
         }
         for name in &outline.bound {
             if !skip.contains_key(name) {
@@ -371,7 +380,8 @@ mod tests {
             code.contains("rustloop::__store::run(false, &mut || {\nlet n = 5 + 1;"),
             "{code}"
         );
-        assert!(code.contains("keep(\"n\", n, __rustloop_boxer)"), "{code}");
+        // `5 + 1` has a type that can be written: kept without kind dispatch.
+        assert!(code.contains("keep(\"n\", n, None);"), "{code}");
         assert!(!code.contains("catch_unwind") && !code.contains("__rustloop_run"));
         let code = plan(&mut vars, "let n: u8 = \"7\".parse()?;", true);
         assert!(
