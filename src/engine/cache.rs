@@ -66,6 +66,8 @@ const RUNTIME_FILES: &[(&str, &str)] = &[
 
 /// Marks a slot whose dependencies have been built once.
 pub const WARM_MARKER: &str = ".rustloop-warm";
+/// In a slot: what completion learned from rust-analyzer (`analysis/fallback.rs`).
+pub const COMPLETIONS_FILE: &str = ".rustloop-completions.json";
 
 /// A locked cache slot, held for the life of the kernel.
 pub struct Slot {

@@ -3,7 +3,7 @@
 //! the handle the kernel layer holds; its interrupt and input methods work while a cell runs.
 
 use super::analysis::{Known, complete, identifier_end, inspect};
-use super::cache::Slot;
+use super::cache::{self, Slot};
 use super::cell;
 use super::errors::ErrorInfo;
 use super::fast_lane::FastLane;
@@ -118,7 +118,7 @@ impl Engine {
             warnings_file,
             link: link.clone(),
             variables: Mutex::new(Variables::default()),
-            known: Mutex::new(Known::load(slot.dir.join(".rustloop-completions.json"))),
+            known: Mutex::new(Known::load(slot.dir.join(cache::COMPLETIONS_FILE))),
             analysis_seq: Default::default(),
         });
         let thread_inner = inner.clone();

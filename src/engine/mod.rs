@@ -161,6 +161,9 @@ pub async fn prebuild(slot: cache::Slot) -> anyhow::Result<()> {
             Event::Output(Output::Stream { text, .. }) => eprint!("{text}"),
             Event::Output(_) | Event::Late { .. } => {}
             Event::Finished { outcome, .. } => {
+                if outcome.error.is_none() {
+                    learn_paths(&engine).await;
+                }
                 engine.shutdown();
                 return match outcome.error {
                     None => Ok(()),
@@ -170,4 +173,34 @@ pub async fn prebuild(slot: cache::Slot) -> anyhow::Result<()> {
         }
     }
     anyhow::bail!("the evaluator stopped before the cache was built")
+}
+
+/// Asks rust-analyzer once, at install, what the paths notebooks use most offer, so that
+/// completion knows them from a first session's first second on (the answers are kept in the
+/// slot, `analysis/fallback.rs`; a session loads rust-analyzer only on its first completion).
+/// Best effort: an answer that does not come within a minute is skipped.
+async fn learn_paths(engine: &Engine) {
+    let started = std::time::Instant::now();
+    let mut learned = 0;
+    for path in analysis::INSTALL_PATHS {
+        let code = format!("{path}::");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        // The first request loads rust-analyzer, seconds during which the fallback answers.
+        while !engine
+            .complete(code.clone(), code.chars().count())
+            .await
+            .from_analysis
+        {
+            if std::time::Instant::now() > deadline {
+                tracing::warn!("install: no completion for `{code}` from rust-analyzer");
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        learned += 1;
+    }
+    tracing::info!(
+        "install: completions of {learned} paths learned in {:.1?}",
+        started.elapsed()
+    );
 }

@@ -23,7 +23,7 @@
 //! When the variable names a cache that is missing, unreadable, for another rustloop version or
 //! built by another toolchain, the kernel says so once in its log and uses the per-user cache.
 
-use super::cache::{self, Slot, WARM_MARKER};
+use super::cache::{self, COMPLETIONS_FILE, Slot, WARM_MARKER};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use std::os::unix::fs::PermissionsExt;
@@ -155,6 +155,8 @@ fn seed(from: &Path, dir: &Path) -> Result<()> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
     copy_with_time(&from.join("Cargo.lock"), &dir.join("Cargo.lock"))?;
+    // What completion learned at install (best effort: a cache without it still works).
+    let _ = std::fs::copy(from.join(COMPLETIONS_FILE), dir.join(COMPLETIONS_FILE));
     mirror(&from.join("target"), &dir.join("target"))?;
     std::fs::write(dir.join(WARM_MARKER), b"")?;
     Ok(())

@@ -1,7 +1,8 @@
 """The installation's shared build cache (src/engine/shared_cache.rs), the way JupyterHub runs
 kernels: `rustloop install --prefix P` (as root) pre-builds tokio and the runtime into
 P/share/rustloop/cache and names it in the kernelspec's env; kernels then run as two different
-unprivileged users, each with its own slot, and their first `.await` cell compiles no tokio.
+unprivileged users, each with its own slot, and their first `.await` cell compiles no tokio;
+completion knows what the install learned from rust-analyzer before it has loaded.
 
 Needs root (to create the users). The toolchain must be reachable by the users: when it lives
 under a private home (rustup in /root), it is hard-linked into the prefix (no extra disk), as an
@@ -136,6 +137,13 @@ class UserKernel:
             if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
                 return reply["content"], result
 
+    def complete(self, code, timeout=30):
+        msg_id = self.kc.complete(code, len(code))
+        reply = self.kc.get_shell_msg(timeout=timeout)
+        while reply["parent_header"].get("msg_id") != msg_id:
+            reply = self.kc.get_shell_msg(timeout=timeout)
+        return reply["content"]
+
     def log(self):
         return self.log_path.read_text(errors="replace")
 
@@ -157,6 +165,10 @@ def test_two_users_start_from_the_shared_cache(installation, users):
     for user in users:
         k = UserKernel(installation, user)
         try:
+            # Before rust-analyzer has loaded, completion knows what the install learned.
+            completion = k.complete("tokio::time::sl")
+            assert "sleep" in completion["matches"], completion
+            assert completion["metadata"]["rustloop_source"] == "known", completion
             t0 = time.monotonic()
             reply, result = k.run(FIRST_CELL, CELL_TIMEOUT)
             took = time.monotonic() - t0

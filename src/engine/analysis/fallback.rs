@@ -7,7 +7,8 @@
 //! - rustloop's `:` commands;
 //! - after `path::`, the names rust-analyzer offered for that path before, in this session or
 //!   an earlier one on this cache slot (kept in the slot, so a new session knows
-//!   `tokio::time::` before rust-analyzer has loaded);
+//!   `tokio::time::` before rust-analyzer has loaded), or when `rustloop install` asked it
+//!   about the paths notebooks use most ([`INSTALL_PATHS`]);
 //! - for inspection, the documentation rust-analyzer gave for the same path before.
 
 use super::super::Completions;
@@ -91,6 +92,39 @@ const COMMANDS: &[&str] = &[
     ":types",
     ":allow_static_linking",
     ":cache",
+];
+
+/// Paths whose members `rustloop install` asks rust-analyzer for, so that completion after
+/// them works before rust-analyzer has loaded even in the first session.
+pub const INSTALL_PATHS: &[&str] = &[
+    "tokio",
+    "tokio::time",
+    "tokio::sync",
+    "tokio::sync::mpsc",
+    "tokio::sync::oneshot",
+    "tokio::sync::broadcast",
+    "tokio::sync::watch",
+    "tokio::task",
+    "tokio::net",
+    "tokio::io",
+    "tokio::fs",
+    "tokio::process",
+    "tokio::signal",
+    "tokio::runtime",
+    "std",
+    "std::collections",
+    "std::time",
+    "std::sync",
+    "std::io",
+    "std::fs",
+    "std::fmt",
+    "std::iter",
+    "std::thread",
+    "std::path",
+    "std::env",
+    "std::str",
+    "rustloop",
+    "rustloop::widgets",
 ];
 
 /// At most this many identifiers from past cells, and this many remembered paths.

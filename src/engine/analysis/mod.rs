@@ -9,7 +9,7 @@ mod docs;
 mod fallback;
 mod rank;
 
-pub use fallback::Known;
+pub use fallback::{INSTALL_PATHS, Known};
 
 use super::{Completions, Inspection};
 use evcxr::CommandContext;
