@@ -28,7 +28,8 @@ Four more tables, in the same run (bench/responsive.py has the last):
   cell and warm; RSS of the kernel and its evaluation process idle and after 200 cells.
 
 The rustloop kernelspec is taken from $JUPYTER_PATH if it has one, else installed into a temp
-prefix from the release build ($RUSTLOOP_BIN or ~/.cache/rustloop/target/release/rustloop).
+prefix from the release build ($RUSTLOOP_BIN or ~/.cache/rustloop/target/release/rustloop) the
+way ./install.sh installs it (shared build cache and install-time completion paths).
 """
 
 import argparse
@@ -58,7 +59,9 @@ def ensure_rustloop_spec():
         "RUSTLOOP_BIN", str(Path.home() / ".cache/rustloop/target/release/rustloop")
     )
     prefix = tempfile.mkdtemp(prefix="rustloop-bench-")
-    subprocess.run([binary, "install", "--prefix", prefix, "--no-prebuild"], check=True,
+    # As ./install.sh installs it: with the shared cache, and what completion learns at install.
+    print(f"installing rustloop into {prefix} (builds its shared cache)", flush=True)
+    subprocess.run([binary, "install", "--prefix", prefix], check=True,
                    stdout=subprocess.DEVNULL)
     os.environ["JUPYTER_PATH"] = os.path.join(prefix, "share", "jupyter")
 
