@@ -32,7 +32,7 @@ mod tasks;
 pub mod widgets;
 
 #[doc(hidden)]
-#[path = "store.rs"]
+#[path = "store/mod.rs"]
 pub mod __store;
 
 pub use display::{

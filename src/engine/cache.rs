@@ -40,7 +40,18 @@ const RUNTIME_FILES: &[(&str, &str)] = &[
     ("src/link.rs", include_str!("../../runtime/src/link.rs")),
     ("src/origin.rs", include_str!("../../runtime/src/origin.rs")),
     ("src/tasks.rs", include_str!("../../runtime/src/tasks.rs")),
-    ("src/store.rs", include_str!("../../runtime/src/store.rs")),
+    (
+        "src/store/mod.rs",
+        include_str!("../../runtime/src/store/mod.rs"),
+    ),
+    (
+        "src/store/cell.rs",
+        include_str!("../../runtime/src/store/cell.rs"),
+    ),
+    (
+        "src/store/kinds.rs",
+        include_str!("../../runtime/src/store/kinds.rs"),
+    ),
     ("src/comm.rs", include_str!("../../runtime/src/comm.rs")),
     (
         "src/widgets/mod.rs",

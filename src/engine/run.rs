@@ -181,7 +181,7 @@ pub fn settle_variables(
     None
 }
 
-/// The start of the panic message of a variable whose type was redefined (runtime/src/store.rs).
+/// The start of the panic message of a variable whose type was redefined (runtime/src/store/mod.rs).
 fn rustloop_redefined_prefix() -> &'static str {
     "rustloop: the variable "
 }

@@ -1,6 +1,6 @@
 //! The variables a notebook keeps between cells, on the engine's side: which exist, the cell
 //! that made each, and how a later cell spells its type. The values live in the evaluation
-//! process (`rustloop::__store`, see runtime/src/store.rs).
+//! process (`rustloop::__store`, see runtime/src/store/).
 //!
 //! Every cell is rewritten around its statements ([`Variables::plan`]):
 //! ```text

@@ -56,7 +56,7 @@ impl Variables {
         let mut dropped = Vec::new();
         let mut load_lines = String::new();
         // What the loads need, checked before any of them runs (they are outside the cell's
-        // `catch_unwind`; see `loadable` in runtime/src/store.rs).
+        // `catch_unwind`; see `loadable` in runtime/src/store/mod.rs).
         let mut checks = Vec::new();
         for name in outline.mentioned.iter() {
             let Some(variable) = self.kept.get(name) else {

@@ -14,10 +14,13 @@
 //!
 //! Cells run one at a time on the evaluation thread; only they touch the store.
 
+mod cell;
+pub mod kinds;
+
+pub use cell::{CellError, panicked, run, run_fallible};
+
 use std::any::Any;
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Mutex;
 
 /// Turns a kept value into its trait-object form (both type-erased).
@@ -253,43 +256,6 @@ pub unsafe fn take_retagged<T: 'static>(name: &str, boxed: bool) -> T {
     unsafe { *Box::from_raw(Box::into_raw(entry.value) as *mut T) }
 }
 
-/// Ends a cell whose statements panicked (the panic was caught in the cell, after which the
-/// variables it had loaded were kept again): drops the payload and tells evcxr, which
-/// reports the panic the runtime's hook recorded.
-#[doc(hidden)]
-#[inline(never)]
-pub fn panicked(payload: Box<dyn Any + Send>) {
-    drop(payload);
-    println!("EVCXR_PANIC_NOTIFICATION");
-}
-
-/// Runs the statements of a cell that loads no earlier variable, catching a panic: then the
-/// closure captures nothing and can be called through `&mut dyn FnMut`, and the
-/// `catch_unwind` is compiled once, here, instead of in every cell (about 5 ms of each cell's
-/// compile). A panic ends in [`panicked`], or unwinds on for the fast lane's crate (`lane`),
-/// which catches it around the whole cell. A cell that loads variables keeps its own
-/// `catch_unwind` around a closure that may move them.
-#[doc(hidden)]
-#[inline(never)]
-pub fn run(lane: bool, statements: &mut dyn FnMut()) {
-    if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(statements)) {
-        match lane {
-            true => std::panic::resume_unwind(payload),
-            false => panicked(payload),
-        }
-    }
-}
-
-/// [`run`] for a cell whose top level uses `?`: its error was shown when it became a
-/// [`CellError`].
-#[doc(hidden)]
-#[inline(never)]
-pub fn run_fallible(lane: bool, statements: &mut dyn FnMut() -> Result<(), CellError>) {
-    run(lane, &mut || {
-        let _ = statements();
-    })
-}
-
 /// How a cell will take a kept variable: as its own type, as its trait-object form (after
 /// [`take_boxed`]'s boxing), or retagged ([`take_retagged`]).
 #[doc(hidden)]
@@ -377,20 +343,9 @@ pub fn names() -> Vec<String> {
     names
 }
 
-/// Wraps a borrowed value for kind dispatch; see [`kinds`].
+/// Wraps a borrowed value for kind dispatch (see [`kinds`]).
 #[doc(hidden)]
 pub struct Keep<T>(pub T);
-
-/// The kind traits, for a glob import where rustloop generates
-/// `(&&&&&&&&Keep(&x)).boxer()`: autoref specialisation picks the first trait (from the most
-/// references down) whose bounds `x`'s type meets, and so the most specific kind's boxer.
-#[doc(hidden)]
-pub mod kinds {
-    pub use super::{
-        KindFn0, KindFn1, KindFn2, KindFn3, KindFn4, KindFuture, KindIter, KindPlain,
-        KindSendFuture, KindSendIter,
-    };
-}
 
 /// rustloop's type probe: a bound no type meets, so rustc names the type in its error.
 #[doc(hidden)]
@@ -399,70 +354,13 @@ pub trait Probe {}
 #[doc(hidden)]
 pub fn probe<T: Probe + ?Sized>(_: &T) {}
 
-/// What a cell returns when its top level uses `?`: the error was shown (with `Display`, as
-/// evcxr does) and the evaluation process was told.
-#[doc(hidden)]
-pub struct CellError(());
-
-impl<E: std::fmt::Display> From<E> for CellError {
-    fn from(error: E) -> Self {
-        eprintln!("{error}");
-        println!("EVCXR_ERROR_OCCURRED");
-        CellError(())
-    }
-}
-
-macro_rules! kind {
-    ($trait:ident [$($p:ident),*] for [$($refs:tt)+] {$($bound:tt)+} $boxed:ty, |$v:ident| $make:expr) => {
-        #[doc(hidden)]
-        pub trait $trait<$($p),*> {
-            type Boxed;
-            fn boxer(&self) -> Option<Boxer>;
-            fn boxed_form(&self) -> Self::Boxed {
-                unreachable!("only named in rustloop's type probe, never run")
-            }
-        }
-        impl<'a, X: $($bound)+ + 'static, $($p: 'static),*> $trait<$($p),*> for $($refs)+Keep<&'a X> {
-            type Boxed = $boxed;
-            fn boxer(&self) -> Option<Boxer> {
-                Some(|value| {
-                    let $v: X = *value.downcast::<X>().expect("a boxer gets its own type");
-                    let boxed: $boxed = $make;
-                    Box::new(boxed)
-                })
-            }
-        }
-    };
-}
-
-kind!(KindSendFuture [O] for [&&&&&&&] {Future<Output = O> + Send} Pin<Box<dyn Future<Output = O> + Send>>, |v| Box::pin(v));
-kind!(KindFuture [O] for [&&&&&&] {Future<Output = O>} Pin<Box<dyn Future<Output = O>>>, |v| Box::pin(v));
-kind!(KindSendIter [I] for [&&&&&] {Iterator<Item = I> + Send} Box<dyn Iterator<Item = I> + Send>, |v| Box::new(v));
-kind!(KindIter [I] for [&&&&] {Iterator<Item = I>} Box<dyn Iterator<Item = I>>, |v| Box::new(v));
-// Whether a closure is `Fn`, `FnMut` or `FnOnce` is only known once its whole cell is type
-// checked, too late for dispatch; `FnMut` serves every closure that can be called twice.
-kind!(KindFn0 [R] for [&&&] {FnMut() -> R} Box<dyn FnMut() -> R>, |v| Box::new(v));
-kind!(KindFn1 [A, R] for [&&&] {FnMut(A) -> R} Box<dyn FnMut(A) -> R>, |v| Box::new(v));
-kind!(KindFn2 [A, B, R] for [&&&] {FnMut(A, B) -> R} Box<dyn FnMut(A, B) -> R>, |v| Box::new(v));
-kind!(KindFn3 [A, B, C, R] for [&&&] {FnMut(A, B, C) -> R}
-    Box<dyn FnMut(A, B, C) -> R>, |v| Box::new(v));
-kind!(KindFn4 [A, B, C, D, R] for [&&&] {FnMut(A, B, C, D) -> R}
-    Box<dyn FnMut(A, B, C, D) -> R>, |v| Box::new(v));
-
-#[doc(hidden)]
-pub trait KindPlain {
-    fn boxer(&self) -> Option<Boxer> {
-        None
-    }
-    fn boxed_form(&self) {}
-}
-impl<X> KindPlain for &Keep<&X> {}
-
 #[cfg(test)]
 // The references are the dispatch (autoref specialisation), not redundant borrows.
 #[allow(clippy::needless_borrow)]
 mod tests {
     use super::*;
+    use std::future::Future;
+    use std::pin::Pin;
 
     async fn answer() -> u32 {
         42
