@@ -103,9 +103,6 @@ impl Translated {
             output: output?,
         })
     }
-}
-
-impl Translated {
     /// `--threads=1` when the cell links no static library but Rust's compiler builtins:
     /// starting lld's thread pool then costs more than it saves (about 1 ms of a 13 ms link).
     /// A cell that links `:dep` crates statically keeps lld's threads.

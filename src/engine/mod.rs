@@ -186,18 +186,18 @@ async fn learn_paths(engine: &Engine) {
         let code = format!("{path}::");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         // The first request loads rust-analyzer, seconds during which the fallback answers.
-        while !engine
-            .complete(code.clone(), code.chars().count())
-            .await
-            .from_analysis
-        {
+        loop {
+            let cursor = code.chars().count();
+            if engine.complete(code.clone(), cursor).await.from_analysis {
+                learned += 1;
+                break;
+            }
             if std::time::Instant::now() > deadline {
                 tracing::warn!("install: no completion for `{code}` from rust-analyzer");
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
-        learned += 1;
     }
     tracing::info!(
         "install: completions of {learned} paths learned in {:.1?}",

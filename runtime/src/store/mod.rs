@@ -79,31 +79,19 @@ pub fn alloc_for(value: &dyn Any) -> *mut u8 {
     place
 }
 
-/// The value at `value`, which a cell moved into memory from [`alloc_for`], as a box.
+/// [`keep`]'s part compiled once: the value a cell moved into memory from [`alloc_for`] goes
+/// into the store as a box.
 ///
 /// # Safety
 /// `value` points to an initialised value in memory [`alloc_for`] returned for a value of its
 /// type, and nothing else owns it.
-unsafe fn boxed(value: *mut dyn Any) -> Box<dyn Any> {
-    // SAFETY: allocated by the global allocator with the value's layout (dangling for a
-    // zero-sized value), which is what `Box` needs; the caller gives up the value.
-    unsafe { Box::from_raw(value) }
-}
-
-/// [`keep`]'s part compiled once.
-///
-/// # Safety
-/// As for [`boxed`].
 #[doc(hidden)]
 #[inline(never)]
 pub unsafe fn keep_raw(name: &str, value: *mut dyn Any, boxer: Option<Boxer>) {
-    // SAFETY: the caller's promise.
-    let value = unsafe { boxed(value) };
+    // SAFETY: allocated by the global allocator with the value's layout (dangling for a
+    // zero-sized value), which is what `Box` needs; the caller gives up the value.
+    let value = unsafe { Box::from_raw(value) };
     let layout = std::alloc::Layout::for_value(&*value);
-    keep_erased(name, value, boxer, layout);
-}
-
-fn keep_erased(name: &str, value: Box<dyn Any>, boxer: Option<Boxer>, layout: std::alloc::Layout) {
     let entry = Entry {
         value,
         boxer,
@@ -165,23 +153,21 @@ pub fn keep_loaded<T: 'static>(name: &str, value: T) {
     }
 }
 
-/// [`keep_loaded`]'s part compiled once.
+/// [`keep_loaded`]'s part compiled once: [`keep_raw`] with the boxer the value had.
 ///
 /// # Safety
-/// As for [`boxed`].
+/// As for [`keep_raw`].
 #[doc(hidden)]
 #[inline(never)]
 pub unsafe fn keep_loaded_raw(name: &str, value: *mut dyn Any) {
-    // SAFETY: the caller's promise.
-    let value = unsafe { boxed(value) };
-    let layout = std::alloc::Layout::for_value(&*value);
     let boxer = TAKEN
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .as_mut()
         .and_then(|taken| taken.remove(name))
         .flatten();
-    keep_erased(name, value, boxer, layout);
+    // SAFETY: the caller's promise.
+    unsafe { keep_raw(name, value, boxer) }
 }
 
 /// Drops a value taken out under the wrong type and says why (see [`take`]).

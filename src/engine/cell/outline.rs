@@ -68,8 +68,9 @@ impl Prepared {
                 outline.items.push(range(node.text_range()));
                 continue;
             }
-            let let_stmt = ast::LetStmt::cast(node.clone());
-            if let Some((stmt, pat)) = let_stmt.and_then(|l| Some((l.clone(), l.pat()?))) {
+            if let Some(stmt) = ast::LetStmt::cast(node.clone())
+                && let Some(pat) = stmt.pat()
+            {
                 let plain = written_type(&stmt);
                 for ident in pat.syntax().descendants().filter_map(ast::IdentPat::cast) {
                     let Some(name) = ident.name().map(|n| n.text().to_string()) else {
